@@ -1,0 +1,1 @@
+"""The suite's driver side: finding systems, launching workload processes, reporting."""

@@ -1,0 +1,233 @@
+"""Caller-side actors: create them through the node, then call them directly, in order.
+
+    create ─► node places the actor (CreateActor) ─► ActorInfo(ALIVE, address)
+    call   ─► channel queue (submission order) ─► ExecuteTask on the actor's link ─► TaskResult
+    link lost ─► ask the node: RESTARTING → resend (max_task_retries) / DEAD → ActorDiedError
+
+Runs on the session's I/O thread, except ``create`` and ``submit``.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import pickle
+
+from . import protocol as P
+from .exceptions import ActorDiedError
+from .ids import new_id, return_id
+from .options import resource_shape, runtime_env_key, strategy_fields
+from .serialization import serialize
+from .task_args import pack_args
+
+log = logging.getLogger("nebula.actors")
+
+
+class ActorCall:
+    __slots__ = ("spec", "deps", "nested", "sources", "resolved", "retries_left")
+
+    def __init__(self, spec, deps, nested, retries):
+        self.spec, self.deps, self.nested = spec, deps, nested
+        self.sources: list = []
+        self.resolved = False
+        self.retries_left = retries
+
+
+class ActorChannel:
+    """What one caller knows of one actor: its state, its link and the calls in order."""
+
+    def __init__(self, actor_id: str):
+        self.actor_id = actor_id
+        self.state = "UNKNOWN"
+        self.link = None
+        self.queue: collections.deque[ActorCall] = collections.deque()
+        self.in_flight: dict[str, ActorCall] = {}
+        self.reason = ""
+        self.max_task_retries = 0
+        self.waiting_info = False
+
+
+class ActorCaller:
+    """See the module docstring."""
+
+    def __init__(self, session):
+        self.session = session
+        self.channels: dict[str, ActorChannel] = {}
+        self.create_replies: dict[str, object] = {}
+        self.creation_args: dict[str, list] = {}
+
+    # ---- caller thread --------------------------------------------------------------------
+
+    def create(self, cls, args, kwargs, options, class_name: str, method_meta: dict, handle_meta: bytes) -> str:
+        import concurrent.futures
+        session = self.session
+        actor_id = new_id(12)
+        data, deps, nested = pack_args(session, args, kwargs, f"{class_name}.__init__()")
+        session.escape(deps)
+        session.escape(nested)
+        self.creation_args[actor_id] = deps + list(nested)
+        spec = serialize((cls, data, [d.hex() for d in deps], method_meta)).to_bytes()
+        held = resource_shape(options.num_cpus or 0, options.num_gpus, options.resources, options.memory)
+        placement = dict(held) if options.num_cpus is not None else {**held, "CPU": 1.0}
+        concurrency = options.max_concurrency or (1000 if method_meta.get("__async__") else 1)
+        kind, node, _soft = strategy_fields(options.scheduling_strategy)
+        namespace = options.namespace if options.namespace is not None else session.namespace
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self.create_replies[actor_id] = fut
+        session.send_node(P.CreateActor(
+            actor_id, spec, held, placement, runtime_env_key(options.runtime_env),
+            pickle.dumps(options.runtime_env) if options.runtime_env else b"", options.name or "",
+            namespace or "", options.get_if_exists, options.lifetime == "detached", options.max_restarts,
+            concurrency, class_name, node if kind == "NODE_AFFINITY" else "", handle_meta))
+        reply = fut.result(60)
+        if reply.error:
+            self.creation_args.pop(actor_id, None)
+            raise ValueError(reply.error)
+        return reply.existing_actor_id or actor_id
+
+    def submit(self, actor_id: str, method: str, args, kwargs, num_returns: int, retries: int, label: str):
+        session = self.session
+        task_id = new_id(12)
+        data, deps, nested = pack_args(session, args, kwargs, f"{label}()")
+        session.escape(nested)
+        session.escape(deps)
+        return_ids = [return_id(task_id, i) for i in range(num_returns)]
+        refs = [session.new_owned(rid, task_id) for rid in return_ids]
+        spec = P.ExecuteTask(task_id, "", b"", data, return_ids, label, session.client_id, session.job_id,
+                             method=method, actor_id=actor_id)
+        session.remember_context(task_id)
+        session.post(self._submit, ActorCall(spec, deps, nested, retries))
+        return refs
+
+    # ---- I/O thread -----------------------------------------------------------------------
+
+    def on_create_reply(self, msg: P.ActorCreateReply) -> None:
+        fut = self.create_replies.pop(msg.actor_id, None)
+        if fut is not None:
+            fut.set_result(msg)
+
+    def _channel(self, actor_id: str) -> ActorChannel:
+        channel = self.channels.get(actor_id)
+        if channel is None:
+            channel = self.channels[actor_id] = ActorChannel(actor_id)
+        return channel
+
+    def _submit(self, call: ActorCall) -> None:
+        channel = self._channel(call.spec.actor_id)
+        self.session.events.task(call.spec.task_id, "SUBMITTED", name=call.spec.name, actor=channel.actor_id,
+                                 owner=self.session.client_id, job=self.session.job_id,
+                                 deps=[d.hex() for d in call.deps])
+        if channel.state == "DEAD":
+            self._fail_call(call, channel)
+            return
+        channel.queue.append(call)
+        call.sources = [self.session.readiness(d) for d in call.deps]
+        for fut in call.sources:
+            if not fut.done():
+                fut.add_done_callback(lambda _f: self.session.post(self._drain, channel))
+        self._drain(channel)
+
+    def _drain(self, channel: ActorChannel) -> None:
+        if channel.state != "ALIVE" or channel.link is None or channel.link.conn is None:
+            self._ask_state(channel)
+            return
+        while channel.queue and all(f.done() for f in channel.queue[0].sources):
+            call = channel.queue.popleft()
+            self._send(channel, call)
+
+    def _send(self, channel: ActorChannel, call: ActorCall) -> None:
+        from .session import decode_error  # noqa: F401 - keeps import order light
+        inline = []
+        for dep in call.deps:
+            entry = self.session.owned.get(dep.hex())
+            if entry is not None and entry.error is not None:
+                self._finish(call, P.TaskResult(call.spec.task_id, error=entry.error))
+                return
+            inline.append([dep.hex(), entry.inline if entry is not None and entry.inline else b""])
+        call.spec.arg_refs = inline
+        channel.in_flight[call.spec.task_id] = call
+        self.session.tasks.result_handlers[call.spec.task_id] = lambda m: self._on_result(channel, m)
+        channel.link.conn.send(call.spec)
+        self.session.events.task(call.spec.task_id, "RUNNING", name=call.spec.name, actor=channel.actor_id)
+
+    def _on_result(self, channel: ActorChannel, msg: P.TaskResult) -> None:
+        call = channel.in_flight.pop(msg.task_id, None)
+        if call is not None:
+            self._finish(call, msg)
+
+    def _finish(self, call: ActorCall, msg: P.TaskResult) -> None:
+        self.session.tasks.result_handlers.pop(call.spec.task_id, None)
+        if msg.error:
+            for rid in call.spec.return_ids:
+                self.session.complete_object(rid, error=msg.error)
+        else:
+            for ret in msg.returns:
+                self.session.complete_object(ret.object_id, inline=ret.inline or None,
+                                             in_store=ret.in_store, size=ret.size)
+        state = "FAILED" if msg.error else "FINISHED"
+        self.session.events.task(call.spec.task_id, state, name=call.spec.name, start=msg.start, end=msg.end)
+        self.session.task_finished(call.spec.task_id, call.spec.name, state, msg.start, msg.end,
+                                   (self.session.node_id, 0))
+
+    def _fail_call(self, call: ActorCall, channel: ActorChannel, detail: str = "") -> None:
+        from .session import encode_system_error
+        err = ActorDiedError(f"the actor {channel.actor_id[:8]} is dead: {channel.reason or 'unknown cause'}"
+                             f"{detail}", actor_id=channel.actor_id)
+        self._finish(call, P.TaskResult(call.spec.task_id, error=encode_system_error(err)))
+
+    # ---- actor state ----------------------------------------------------------------------
+
+    def _ask_state(self, channel: ActorChannel) -> None:
+        if not channel.waiting_info and channel.state != "DEAD":
+            channel.waiting_info = True
+            self.session.node.send(P.WaitActor(next(self.session.request_ids), channel.actor_id))
+
+    def on_actor_info(self, msg: P.ActorInfo) -> None:
+        channel = self._channel(msg.actor_id)
+        channel.waiting_info = msg.state not in ("ALIVE", "DEAD")
+        channel.state, channel.reason = msg.state, msg.reason
+        channel.max_task_retries = msg.max_task_retries
+        if msg.state == "DEAD":
+            self._fail_all(channel)
+        elif msg.state == "ALIVE":
+            channel.link = self.session.tasks.link_for(msg.address)
+            self.session.loop.create_task(self._await_link(channel, channel.link))
+
+    async def _await_link(self, channel: ActorChannel, link) -> None:
+        try:
+            await link.ready
+        except Exception:  # noqa: BLE001 - the actor died between ALIVE and connect
+            channel.state = "UNKNOWN"
+        self._drain(channel)
+
+    def _fail_all(self, channel: ActorChannel) -> None:
+        calls = list(channel.in_flight.values()) + list(channel.queue)
+        channel.in_flight.clear()
+        channel.queue.clear()
+        for call in calls:
+            self._fail_call(call, channel)
+
+    def on_link_lost(self, link) -> None:
+        for channel in self.channels.values():
+            if channel.link is link:
+                self._actor_link_lost(channel)
+
+    def _actor_link_lost(self, channel: ActorChannel) -> None:
+        channel.link, channel.state = None, "UNKNOWN"
+        lost = list(channel.in_flight.values())
+        channel.in_flight.clear()
+        for call in reversed(lost):
+            if call.retries_left != 0:
+                call.retries_left -= 1
+                channel.queue.appendleft(call)
+            else:
+                self._fail_call(call, channel, "; it died while running this call (set max_task_retries "
+                                "to retry calls on a restarted actor)")
+        self._ask_state(channel)
+
+    def on_worker_died(self, msg: P.WorkerDied) -> None:
+        for channel in self.channels.values():
+            if channel.state == "ALIVE" and channel.link is not None and msg.worker_id in channel.link.address:
+                channel.reason = msg.description
+
+    def handle_released(self, actor_id: str) -> None:
+        self.session.node.send(P.ActorHandleReleased(actor_id))

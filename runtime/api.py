@@ -1,0 +1,263 @@
+"""The user API: init/shutdown, remote, get/put/wait, cancel/kill, cluster information.
+
+``init()`` finds its cluster in this order: the ``address=`` argument (``"local"`` always
+starts a private embedded cluster, ``"auto"`` joins the one this user started with
+``nebula start``); ``NEBULA_ADDRESS`` with ``NEBULA_TOKEN_FILE``; otherwise it starts an
+embedded cluster in the background, which ends with this process.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import warnings
+
+from .exceptions import NebulaError
+from .object_ref import ObjectRef
+from .options import ActorOptions, TaskOptions, make_options
+from . import session as session_module
+
+log = logging.getLogger("nebula")
+_lock = threading.RLock()
+_state: dict = {"cluster": None, "args": None}
+_CLUSTER_SHAPING = ("num_cpus", "num_gpus", "resources", "object_store_memory")
+
+
+class ClusterInfo(dict):
+    """What ``init()`` returns: a dict of addresses and resources (Ray's context shape)."""
+
+    @property
+    def address_info(self) -> dict:
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        shutdown()
+
+
+def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=None, object_store_memory=None,
+         namespace: str | None = None, runtime_env: dict | None = None, ignore_reinit_error: bool = True,
+         logging_level=logging.INFO, token: str | None = None, _node_config: dict | None = None, **unsupported):
+    """Connect to (or start) a cluster; see the module docstring for how it is found."""
+    _reject_unsupported(unsupported)
+    args = dict(address=address, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                object_store_memory=object_store_memory, namespace=namespace, runtime_env=runtime_env)
+    with _lock:
+        if session_module.current_session_or_none() is not None:
+            return _reinit(args, ignore_reinit_error)
+        _check_platform()
+        session = _connect(args, token, logging_level, _node_config)
+        session_module.set_current_session(session)
+        _state["args"] = args
+        return _cluster_info(session)
+
+
+def _reject_unsupported(unsupported: dict) -> None:
+    ignored = {"include_dashboard", "dashboard_host", "dashboard_port", "configure_logging", "log_to_driver",
+               "_temp_dir", "_system_config", "local_mode", "job_config", "_enable_object_reconstruction"}
+    bad = sorted(set(unsupported) - ignored)
+    if bad:
+        raise TypeError(f"init() got unexpected argument(s): {', '.join(bad)}")
+    if unsupported.get("local_mode"):
+        raise NotImplementedError("local_mode is not supported: Nebula's embedded cluster starts in well "
+                                  "under a second, so debug against it directly")
+
+
+def _check_platform() -> None:
+    import sys
+    if not sys.platform.startswith("linux"):
+        raise NebulaError(f"Nebula runs on Linux (x86_64, aarch64); this is {sys.platform}. On Windows use WSL2; "
+                          "on macOS run Nebula inside a Linux container or VM")
+
+
+def _reinit(args: dict, ignore_reinit_error: bool):
+    session = session_module.current_session_or_none()
+    previous = _state["args"] or {}
+    ignored = [k for k, v in args.items() if v is not None and v != previous.get(k)]
+    if not ignore_reinit_error:
+        raise RuntimeError("nebula.init() was already called; call nebula.shutdown() first, or pass "
+                           "ignore_reinit_error=True")
+    if ignored:
+        warnings.warn(f"nebula.init() was already called; ignoring {', '.join(ignored)} (call nebula.shutdown() "
+                      "first to change them)", stacklevel=3)
+    return _cluster_info(session)
+
+
+def _connect(args: dict, token: str | None, logging_level, node_config):
+    from .session import Session
+    address = args["address"]
+    if address == "local" or (address is None and not os.environ.get("NEBULA_ADDRESS")):
+        return _start_embedded(args, logging_level, node_config)
+    target, token_bytes = _resolve_address(address, token)
+    shaping = [k for k in _CLUSTER_SHAPING if args.get(k) is not None]
+    if shaping:
+        raise ValueError(f"{', '.join(shaping)} shape a new cluster and cannot be given when joining the existing "
+                         f"cluster at {target}; drop them, or use address='local' for a private cluster")
+    return Session(target, token_bytes, namespace=args.get("namespace") or "", **_driver_env(args))
+
+
+def _resolve_address(address: str | None, token: str | None) -> tuple[str, bytes]:
+    from .session_files import current_cluster_file, read_token
+    if address in (None, "auto") and os.environ.get("NEBULA_ADDRESS") and address is None:
+        address = os.environ["NEBULA_ADDRESS"]
+    elif address == "auto":
+        return _auto_address(current_cluster_file())
+    if token is not None:
+        return address, token.encode()
+    return address, read_token()
+
+
+def _auto_address(path: str) -> tuple[str, bytes]:
+    import json
+    from .session_files import read_token
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        raise ConnectionError("address='auto' found no running cluster of yours on this machine: start one "
+                              "with `nebula start --head`, or call nebula.init() for an embedded one") from None
+    return info["address"], read_token(info["token_file"])
+
+
+def _driver_env(args: dict) -> dict:
+    return {}
+
+
+def _start_embedded(args: dict, logging_level, node_config):
+    from .local_cluster import start_local_cluster
+    from .session import Session
+    cluster = start_local_cluster(args["num_cpus"], args["num_gpus"], args["resources"],
+                                  args["object_store_memory"], logging_level, node_config)
+    try:
+        session = Session(cluster.address, cluster.token, namespace=args.get("namespace") or "")
+    except BaseException:
+        cluster.stop()
+        raise
+    _state["cluster"] = cluster
+    return session
+
+
+def _cluster_info(session) -> ClusterInfo:
+    cluster = _state["cluster"]
+    return ClusterInfo(address=session.address, node_id=session.node_id, session_dir=session.session_dir,
+                       resources=dict(session.config.get("resources", {})),
+                       embedded=cluster is not None, job_id=session.job_id)
+
+
+def _auto_init():
+    with _lock:
+        if session_module.current_session_or_none() is None:
+            init()
+        return session_module.current_session_or_none()
+
+
+def is_initialized() -> bool:
+    return session_module.current_session_or_none() is not None
+
+
+def shutdown() -> None:
+    """Disconnect; stop the embedded cluster if this process started it (nothing is left behind)."""
+    with _lock:
+        session = session_module.current_session_or_none()
+        session_module.set_current_session(None)
+        if session is not None and session.pid == os.getpid():
+            session.close()
+        cluster, _state["cluster"] = _state["cluster"], None
+        if cluster is not None and session is not None and session.pid == os.getpid():
+            cluster.stop()
+        _state["args"] = None
+
+
+atexit.register(shutdown)
+
+
+# ---- remote -----------------------------------------------------------------------------------
+
+def remote(*args, **kwargs):
+    """``@remote`` or ``@remote(num_cpus=..., ...)`` on a function (a task) or a class (an actor)."""
+    if len(args) == 1 and not kwargs and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError("@nebula.remote takes keyword options only, e.g. @nebula.remote(num_cpus=2)")
+    return lambda target: _make_remote(target, kwargs)
+
+
+def _make_remote(target, options: dict):
+    import inspect
+    from .actor import ActorClass
+    from .remote_function import RemoteFunction
+    if inspect.isclass(target):
+        return ActorClass(target, make_options(ActorOptions, **options))
+    if not callable(target):
+        raise TypeError(f"@nebula.remote needs a function or a class, got {type(target).__name__}")
+    return RemoteFunction(target, make_options(TaskOptions, **options))
+
+
+# ---- objects ----------------------------------------------------------------------------------
+
+def put(value) -> ObjectRef:
+    if isinstance(value, ObjectRef):
+        raise TypeError("nebula.put() of an ObjectRef is not allowed; pass the ref itself, or wrap it in a list")
+    return session_module.current_session().put(value)
+
+
+def get(refs, *, timeout: float | None = None):
+    """The value(s) of an ObjectRef or a list of them; blocks until ready or ``timeout`` s."""
+    session = session_module.current_session()
+    if isinstance(refs, ObjectRef):
+        return session.get([refs], timeout)[0]
+    if isinstance(refs, (list, tuple)):
+        _check_refs(refs, "get")
+        return session.get(list(refs), timeout)
+    if hasattr(refs, "_actor_id"):
+        raise TypeError("nebula.get() takes ObjectRefs, not an actor handle: call a method with .remote() first")
+    raise TypeError(f"nebula.get() takes an ObjectRef or a list of them, got {type(refs).__name__}")
+
+
+def _check_refs(refs, fn: str) -> None:
+    for i, ref in enumerate(refs):
+        if not isinstance(ref, ObjectRef):
+            raise TypeError(f"nebula.{fn}() got a {type(ref).__name__} at position {i}; it takes ObjectRefs "
+                            "(the results of .remote() or nebula.put())")
+
+
+def wait(refs, *, num_returns: int = 1, timeout: float | None = None, fetch_local: bool = True):
+    """Wait until ``num_returns`` of ``refs`` are ready; returns (ready, not_ready) in input order."""
+    from .waiting import wait_for
+    if isinstance(refs, ObjectRef) or not isinstance(refs, (list, tuple)):
+        raise TypeError("nebula.wait() takes a list of ObjectRefs")
+    _check_refs(refs, "wait")
+    if len(set(refs)) != len(refs):
+        raise ValueError("nebula.wait() got duplicate ObjectRefs")
+    if not 0 <= num_returns <= len(refs):
+        raise ValueError(f"num_returns must be between 0 and len(refs) ({len(refs)}), got {num_returns}")
+    return wait_for(session_module.current_session(), list(refs), num_returns, timeout)
+
+
+def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task that produces ``ref``: pending ones are dropped, running ones interrupted."""
+    if not isinstance(ref, ObjectRef):
+        raise TypeError(f"nebula.cancel() takes an ObjectRef, got {type(ref).__name__}")
+    session = session_module.current_session()
+    session.post(session.tasks.cancel, ref.task_id(), force)
+
+
+def kill(actor, *, no_restart: bool = True) -> None:
+    from . import protocol as P
+    if not hasattr(actor, "_actor_id"):
+        raise TypeError(f"nebula.kill() takes an actor handle, got {type(actor).__name__}")
+    session_module.current_session().send_node(P.KillActor(actor._actor_id, no_restart))
+
+
+def get_actor(name: str, namespace: str | None = None):
+    from . import protocol as P
+    from .actor import handle_from_meta
+    session = session_module.current_session()
+    ns = namespace if namespace is not None else session.namespace
+    reply = session.request(lambda rid: P.GetNamedActor(rid, name, ns)).result(30)
+    if reply.error:
+        raise ValueError(f"Failed to look up actor {name!r}: {reply.error}")
+    return handle_from_meta(reply.actor_id, reply.spec_meta)

@@ -1,0 +1,104 @@
+"""Per-process event recording: cheap tuples in a bounded ring, shipped only while subscribed.
+
+Each process records state transitions (tasks, objects, workers, actors, nodes) as small
+dicts ``{"kind", "id", "state", "time", ...}``. The node agent tells every client when
+someone subscribes (``FeedControl``); only then are batches shipped to it, every
+``FLUSH_INTERVAL`` seconds, and fanned out to subscribers as ``EventBatch``es.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+
+from . import protocol as P
+
+log = logging.getLogger("nebula.events")
+RING_SIZE = 20000
+FLUSH_INTERVAL = 0.1
+
+
+class EventRecorder:
+    """One session's ring of events plus delivery to this process's subscribers."""
+
+    def __init__(self, session):
+        self.session = session
+        self.ring: collections.deque = collections.deque(maxlen=RING_SIZE)
+        self.enabled = False
+        self._flush_scheduled = False
+        self.subscribers: list = []
+        self._deliveries: queue.Queue = queue.Queue()
+        self._delivery_thread: threading.Thread | None = None
+
+    def record(self, kind: str, object_id: str, state: str, **fields) -> None:
+        if not self.enabled:
+            return
+        fields.update(kind=kind, id=object_id, state=state, time=time.time())
+        self.ring.append(fields)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.session.post(self._schedule_flush)
+
+    def task(self, task_id: str, state: str, **fields) -> None:
+        self.record("task", task_id, state, **fields)
+
+    def object_created(self, object_id: str, size: int, in_store: bool) -> None:
+        self.record("object", object_id, "CREATED", size=size, in_store=in_store,
+                    owner=self.session.client_id, node=self.session.node_id)
+
+    def object_freed(self, object_id: str) -> None:
+        self.record("object", object_id, "FREED", owner=self.session.client_id)
+
+    def _schedule_flush(self) -> None:
+        self.session.loop.call_later(FLUSH_INTERVAL, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self.ring:
+            batch = list(self.ring)
+            self.ring.clear()
+            self.session.node.send(P.Events(batch))
+
+    def set_enabled(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    # ---- subscribers in this process ---------------------------------------------------------
+
+    def add_subscriber(self, callback, kinds) -> object:
+        token = (callback, frozenset(kinds) if kinds else None)
+        self.subscribers.append(token)
+        self._ensure_delivery_thread()
+        self.session.send_node(P.Subscribe(sorted(kinds) if kinds else []))
+        return token
+
+    def remove_subscriber(self, token) -> None:
+        if token in self.subscribers:
+            self.subscribers.remove(token)
+        if not self.subscribers:
+            self.session.send_node(P.Unsubscribe())
+
+    def deliver(self, events: list) -> None:
+        self._deliveries.put(events)
+
+    def _ensure_delivery_thread(self) -> None:
+        if self._delivery_thread is None:
+            self._delivery_thread = threading.Thread(target=self._deliver_loop, name="nebula-events", daemon=True)
+            self._delivery_thread.start()
+
+    def _deliver_loop(self) -> None:
+        from .state import to_records
+        while True:
+            events = self._deliveries.get()
+            for callback, kinds in list(self.subscribers):
+                batch = to_records(e for e in events if kinds is None or e.get("kind") in kinds)
+                if batch:
+                    _call_safely(callback, batch)
+
+
+def _call_safely(callback, batch) -> None:
+    try:
+        callback(batch)
+    except Exception:  # a subscriber's bug must not stop the feed
+        log.exception("state subscriber %r raised", callback)

@@ -1,0 +1,120 @@
+"""Starting a node agent on this machine: the embedded default and ``nebula start``.
+
+The agent is spawned from one long-lived thread of this process (the parent-death signal
+fires when the *thread* that started a child exits), gets its config and token through
+the environment (never argv), and is ready when it writes ``ready`` in its session dir.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+
+from .child_process import spawn_child, terminate_tree
+from .node_resources import NodeResources
+from .session_files import new_session_dir, write_token_file
+from .store_arena import default_store_capacity, parse_memory_size
+
+log = logging.getLogger("nebula.cluster")
+READY_TIMEOUT = 30.0
+
+
+class LocalCluster:
+    """A node agent this process started (and will stop)."""
+
+    def __init__(self, popen, session_dir: str, address: str, token: bytes):
+        self.popen, self.session_dir, self.address, self.token = popen, session_dir, address, token
+
+    def stop(self) -> None:
+        terminate_tree(self.popen, timeout=3.0)
+
+
+def start_local_cluster(num_cpus=None, num_gpus=None, resources=None, object_store_memory=None,
+                        logging_level=logging.INFO, extra_config: dict | None = None) -> LocalCluster:
+    session_dir = new_session_dir()
+    token = write_token_file(os.path.join(session_dir, "token"))
+    config = _node_config(session_dir, num_cpus, num_gpus, resources, object_store_memory, logging_level)
+    config.update(extra_config or {})
+    env = {**os.environ, "NEBULA_NODE_CONFIG": json.dumps(config), "NEBULA_TOKEN": token.decode()}
+    env.pop("NEBULA_TOKEN_FILE", None)
+    popen = _spawner().spawn([sys.executable, "-m", "nebula.node_main"], env, session_dir)
+    address = _wait_ready(popen, session_dir)
+    return LocalCluster(popen, session_dir, address, token)
+
+
+def _node_config(session_dir, num_cpus, num_gpus, resources, object_store_memory, logging_level) -> dict:
+    total = NodeResources.detect(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources).total
+    capacity = parse_memory_size(object_store_memory) if object_store_memory else default_store_capacity()
+    return {"session_dir": session_dir, "resources": total, "store_capacity": capacity,
+            "logging_level": logging_level, "driver_cwd": os.getcwd(),
+            "driver_sys_path": [p for p in sys.path if p and os.path.isdir(p) and "site-packages" not in p]}
+
+
+def _wait_ready(popen, session_dir: str) -> str:
+    ready = os.path.join(session_dir, "ready")
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if os.path.exists(ready):
+            with open(ready) as f:
+                return f.read().strip()
+        if popen.poll() is not None:
+            raise RuntimeError(f"the Nebula node agent exited during start-up ({popen.returncode}); its log:\n"
+                               + _log_tail(session_dir))
+        time.sleep(0.002)
+    terminate_tree(popen)
+    raise RuntimeError(f"the Nebula node agent did not start within {READY_TIMEOUT:.0f} s; its log:\n"
+                       + _log_tail(session_dir))
+
+
+def _log_tail(session_dir: str) -> str:
+    lines = []
+    for name in ("node.out", "node.log"):
+        try:
+            with open(os.path.join(session_dir, "logs", name), errors="replace") as f:
+                lines += f.readlines()[-30:]
+        except OSError:
+            pass
+    return "".join(lines) or "(empty)"
+
+
+class _Spawner:
+    """A daemon thread that lives as long as this process and starts every child."""
+
+    def __init__(self):
+        self.requests: queue.Queue = queue.Queue()
+        threading.Thread(target=self._serve, name="nebula-spawner", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            argv, env, session_dir, reply = self.requests.get()
+            try:
+                log_file = open(os.path.join(session_dir, "logs", "node.out"), "ab")
+                reply.put(spawn_child(argv, env=env, stdout=log_file, stderr=log_file, name="node agent"))
+                log_file.close()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                reply.put(exc)
+
+    def spawn(self, argv, env, session_dir):
+        reply: queue.Queue = queue.Queue()
+        self.requests.put((argv, env, session_dir, reply))
+        result = reply.get()
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+
+_spawner_instance: _Spawner | None = None
+_spawner_lock = threading.Lock()
+
+
+def _spawner() -> _Spawner:
+    global _spawner_instance
+    with _spawner_lock:
+        if _spawner_instance is None or os.getpid() != getattr(_spawner_instance, "pid", os.getpid()):
+            _spawner_instance = _Spawner()
+            _spawner_instance.pid = os.getpid()
+        return _spawner_instance

@@ -1,0 +1,514 @@
+"""The node agent process: membership of local processes, the worker pool, leases, the store.
+
+    drivers / workers ──node link──► NodeAgent (one asyncio loop)
+        RequestLease ─► LeaseQueue + ResourcePool ─► start or reuse a worker ─► LeaseGranted
+        AllocObject/SealObject/GetObject ─► ObjectDirectory (shared-memory arena, spilling)
+        CreateActor/WaitActor/KillActor ─► ActorDirectory (dedicated worker processes)
+        Events ─► fanned out to subscribers (the feed is on only while someone subscribes)
+
+It is never on the per-task path: tasks travel owner → worker directly. In the embedded
+default it is the driver's child; it dies with it (parent-death signal + lifeline pipe) and
+takes its workers along.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import pickle
+import signal
+import socket
+import sys
+import threading
+import time
+
+import psutil
+
+from . import protocol as P
+from . import wire
+from .child_process import describe_exit, spawn_child
+from .ids import new_id
+from .node_actors import ActorDirectory
+from .node_objects import ObjectDirectory
+from .node_resources import gpu_env_for, thread_limit_env
+from .node_scheduler import LeaseQueue, LeaseRequest, ResourcePool
+from .store_arena import Arena
+from .telemetry import NodeTelemetry
+
+log = logging.getLogger("nebula.node")
+MEMORY_MONITOR_PERCENT = 95.0
+TELEMETRY_INTERVAL = 1.0
+
+
+class Client:
+    """One connected process (a driver or a worker) as the node sees it."""
+
+    def __init__(self, client_id: str, conn: wire.Connection):
+        self.client_id, self.conn = client_id, conn
+        self.kind, self.pid, self.job_id, self.namespace = "", 0, "", ""
+        self.worker = None
+        self.subscribed: list | None = None
+
+
+class WorkerProc:
+    """A worker process this node started."""
+
+    def __init__(self, worker_id: str, popen, env_key: str, address: str, dedicated: bool):
+        self.worker_id, self.popen, self.env_key, self.address = worker_id, popen, env_key, address
+        self.dedicated = dedicated
+        self.client: Client | None = None
+        self.lease: dict | None = None
+        self.actor_id = ""
+        self.blocked = False
+        self.started_at = time.time()
+        self.dead = False
+
+
+class NodeAgent:
+    """See the module docstring."""
+
+    def __init__(self, session_dir: str, token: bytes, resources: dict, store_capacity: int,
+                 address: str = "", config: dict | None = None):
+        self.session_dir, self.token, self.config = session_dir, token, dict(config or {})
+        self.node_id = new_id(14)
+        self.address = address or f"unix:{os.path.join(session_dir, 'node.sock')}"
+        self.pool = ResourcePool(resources)
+        self.leases = LeaseQueue()
+        self.arena = Arena.create(store_capacity, os.path.join(session_dir, "spill"))
+        self.objects = ObjectDirectory(store_capacity, self.arena.view(),
+                                       os.path.join(session_dir, "spill", "objects"), self.emit)
+        self.actors = ActorDirectory(self)
+        self.clients: dict[str, Client] = {}
+        self.workers: dict[str, WorkerProc] = {}
+        self.starting: collections.Counter = collections.Counter()
+        self.feed: collections.deque = collections.deque(maxlen=50000)
+        self.job_counter = 0
+        self.max_workers = int(self.config.get("max_workers", max(32, 8 * int(resources.get("CPU", 1)))))
+        self.warned_worker_cap = False
+        self.telemetry = NodeTelemetry()
+        self.stopping = False
+
+    # ---- start-up ---------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._listen()
+        for _ in range(int(self.config.get("prestart_workers", self.pool.total.get("CPU", 1)))):
+            self._start_worker("", b"", dedicated=False)
+        self.loop.create_task(self._watch_workers())
+        self.loop.create_task(self._telemetry_loop())
+        self._ready = True
+        await asyncio.Event().wait()
+
+    def _listen(self) -> None:
+        path = self.address[5:]
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+        os.chmod(path, 0o600)
+        sock.listen(512)
+        self.listener = sock
+        threading.Thread(target=self._accept_loop, name="nebula-accept", daemon=True).start()
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handshake, args=(conn,), daemon=True).start()
+
+    def _handshake(self, sock: socket.socket) -> None:
+        try:
+            role = wire.server_handshake(sock, self.token, self.node_id, fds=[self.arena.fd])
+        except Exception as exc:  # noqa: BLE001 - any bad peer only loses its own connection
+            log.warning("refused a connection: %s", exc)
+            sock.close()
+            return
+        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._adopt(sock, role)))
+
+    async def _adopt(self, sock: socket.socket, role: str) -> None:
+        conn = await wire.Connection.adopt(sock, f"client ({role})")
+        client = Client(new_id(10), conn)
+        self.clients[client.client_id] = client
+        await conn.run(lambda msg: self._dispatch(client, msg))
+        self._client_gone(client)
+
+    # ---- message dispatch -------------------------------------------------------------------
+
+    def _dispatch(self, client: Client, msg: P.Msg) -> None:
+        handler = self._handlers().get(type(msg))
+        if handler is None:
+            log.warning("ignoring unexpected %s from %s", type(msg).__name__, client.client_id)
+            return
+        handler(client, msg)
+
+    def _handlers(self) -> dict:
+        table = getattr(self, "_table", None)
+        if table is None:
+            a = self.actors
+            table = self._table = {
+                P.RegisterClient: self._on_register, P.RequestLease: self._on_request_lease,
+                P.CancelLeaseRequest: lambda c, m: self.leases.cancel(c.client_id, m.request_id),
+                P.ReturnLease: self._on_return_lease, P.WorkerBlocked: self._on_worker_blocked,
+                P.AllocObject: self._on_alloc, P.SealObject: self._on_seal,
+                P.DeclareObject: lambda c, m: self.objects.record(m.object_id, c.client_id),
+                P.FailObject: self._on_fail_object, P.AddRefs: self._on_add_refs,
+                P.RemoveRefs: self._on_remove_refs, P.GetObject: self._on_get_object,
+                P.Unpin: lambda c, m: [self.objects.unpin(i, c.client_id) for i in m.object_ids],
+                P.StateQuery: self._on_state_query, P.Subscribe: self._on_subscribe,
+                P.Unsubscribe: self._on_unsubscribe, P.Events: lambda c, m: self._publish(m.events),
+                P.CreateActor: a.on_create, P.WaitActor: a.on_wait, P.GetNamedActor: a.on_get_named,
+                P.KillActor: a.on_kill, P.ActorReady: a.on_ready, P.ActorHandleReleased: a.on_handle_released,
+            }
+        return table
+
+    def _on_register(self, client: Client, msg: P.RegisterClient) -> None:
+        client.kind, client.pid, client.namespace = msg.kind, msg.pid, msg.namespace
+        client.job_id = msg.job_id or self._new_job_id()
+        if msg.worker_id and msg.worker_id in self.workers:
+            worker = self.workers[msg.worker_id]
+            worker.client, client.worker = client, worker
+            self.starting[(worker.env_key, worker.dedicated)] -= 1
+        client.conn.send(P.Registered(client.client_id, client.job_id, self.node_id, self.session_dir,
+                                      self.arena.capacity, self.arena.backing, self._client_config()))
+        if self.subscribers():
+            client.conn.send(P.FeedControl(True))
+        if client.worker is not None:
+            self._worker_ready(client.worker)
+
+    def _client_config(self) -> dict:
+        return {"node_id": self.node_id, "address": self.address, "resources": self.pool.total}
+
+    def _new_job_id(self) -> str:
+        self.job_counter += 1
+        return f"{self.job_counter:08x}"
+
+    # ---- leases -----------------------------------------------------------------------------
+
+    def _on_request_lease(self, client: Client, msg: P.RequestLease) -> None:
+        request = LeaseRequest(client.client_id, msg.request_id, dict(msg.shape), msg.env_key,
+                               msg.runtime_env, msg.strategy)
+        if not self.pool.feasible(request.shape):
+            self._warn_infeasible(client, request)
+        self.leases.add(request)
+        self._schedule()
+
+    def _warn_infeasible(self, client: Client, request: LeaseRequest) -> None:
+        text = (f"a task needs resources no node has ({self.pool.shortfall(request.shape)}); it stays "
+                "pending until such a node joins. Cancel it with nebula.cancel(ref) or lower its requirements")
+        log.warning(text)
+        client.conn.send(P.LeaseInfeasible(request.request_id, text))
+
+    def _schedule(self) -> None:
+        """Grant every queued lease that fits, starting workers where none is idle."""
+        deferred = []
+        while True:
+            request = self.leases.next_grantable(self.pool)
+            if request is None:
+                break
+            worker = self._idle_worker(request.env_key)
+            if worker is None:
+                deferred.append(request)
+                self.pool.acquire(request.shape)  # reserve while we look further
+                continue
+            self._grant(request, worker)
+        wanted = collections.Counter(r.env_key for r in deferred)
+        for request in reversed(deferred):
+            self.pool.release(request.shape, [])
+            self.leases.by_client.setdefault(request.client, collections.deque()).appendleft(request)
+            if request.client not in self.leases.turn:
+                self.leases.turn.append(request.client)
+            self._ensure_worker_starting(request.env_key, request.runtime_env, wanted[request.env_key])
+        self.actors.schedule()
+
+    def _idle_worker(self, env_key: str) -> WorkerProc | None:
+        for worker in self.workers.values():
+            if (worker.client is not None and worker.lease is None and not worker.actor_id
+                    and not worker.dedicated and worker.env_key == env_key and not worker.dead):
+                return worker
+        return None
+
+    def _ensure_worker_starting(self, env_key: str, runtime_env: bytes, wanted: int) -> None:
+        if self.starting[(env_key, False)] >= wanted:
+            return
+        if self._live_workers() >= self.max_workers:
+            self._warn_worker_cap()
+            return
+        self._start_worker(env_key, runtime_env, dedicated=False)
+
+    def _live_workers(self) -> int:
+        return sum(1 for w in self.workers.values() if not w.dead)
+
+    def _warn_worker_cap(self) -> None:
+        if not self.warned_worker_cap:
+            self.warned_worker_cap = True
+            log.warning("reached the cap of %d worker processes on this node: tasks that block in get() "
+                        "while submitting more tasks (runaway recursion?) are waiting for each other",
+                        self.max_workers)
+
+    def _grant(self, request: LeaseRequest, worker: WorkerProc) -> None:
+        gpus = self.pool.acquire(request.shape)
+        worker.lease = {"lease_id": new_id(8), "client": request.client, "shape": request.shape,
+                        "gpus": gpus, "granted_at": time.time()}
+        client = self.clients.get(request.client)
+        client.conn.send(P.LeaseGranted(request.request_id, worker.lease["lease_id"], worker.worker_id,
+                                        worker.address, worker.popen.pid, self.node_id, gpus))
+        self.emit("worker", worker.worker_id, "LEASED", client=request.client, pid=worker.popen.pid)
+
+    def _on_return_lease(self, client: Client, msg: P.ReturnLease) -> None:
+        for worker in self.workers.values():
+            if worker.lease and worker.lease["lease_id"] == msg.lease_id:
+                self._end_lease(worker)
+                break
+        self._schedule()
+
+    def _end_lease(self, worker: WorkerProc) -> None:
+        lease, worker.lease = worker.lease, None
+        if not worker.blocked:
+            self.pool.release(lease["shape"], lease["gpus"])
+        worker.blocked = False
+        self.emit("worker", worker.worker_id, "IDLE", pid=worker.popen.pid)
+
+    def _on_worker_blocked(self, client: Client, msg: P.WorkerBlocked) -> None:
+        worker = client.worker
+        if worker is None or worker.lease is None or worker.blocked == msg.blocked:
+            return
+        worker.blocked = msg.blocked
+        shape = {k: v for k, v in worker.lease["shape"].items() if k == "CPU"}
+        if msg.blocked:
+            self.pool.release(shape, [])
+            self._schedule()
+        else:
+            self.pool.acquire(shape)
+
+    # ---- worker processes -------------------------------------------------------------------
+
+    def _start_worker(self, env_key: str, runtime_env: bytes, dedicated: bool) -> WorkerProc:
+        worker_id = new_id(8)
+        address = f"unix:{os.path.join(self.session_dir, f'w-{worker_id}.sock')}"
+        env, cwd = self._worker_environment(worker_id, runtime_env)
+        log_file = open(os.path.join(self.session_dir, "logs", f"worker-{worker_id}.out"), "ab")
+        popen = spawn_child([sys.executable, "-m", "nebula.worker_main"], env=env, cwd=cwd,
+                            stdout=log_file, stderr=log_file, name="worker")
+        log_file.close()
+        worker = WorkerProc(worker_id, popen, env_key, address, dedicated)
+        self.workers[worker_id] = worker
+        self.starting[(env_key, dedicated)] += 1
+        self.emit("worker", worker_id, "STARTING", pid=popen.pid)
+        return worker
+
+    def _worker_environment(self, worker_id: str, runtime_env: bytes):
+        env = dict(os.environ)
+        user_env = pickle.loads(runtime_env) if runtime_env else {}
+        env.update(user_env.get("env_vars") or {})
+        env.update(thread_limit_env(1, env))
+        env.update({"NEBULA_NODE_ADDRESS": self.address, "NEBULA_WORKER_ID": worker_id,
+                    "NEBULA_SESSION_DIR": self.session_dir, "NEBULA_TOKEN": self.token.decode()})
+        cwd = user_env.get("working_dir") or self.config.get("driver_cwd") or None
+        extra_path = [p for p in [cwd, *self.config.get("driver_sys_path", [])] if p]
+        if extra_path:
+            env["PYTHONPATH"] = os.pathsep.join(extra_path + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        return env, cwd
+
+    def _worker_ready(self, worker: WorkerProc) -> None:
+        self.emit("worker", worker.worker_id, "IDLE", pid=worker.popen.pid)
+        if worker.dedicated:
+            self.actors.worker_ready(worker)
+        else:
+            self._schedule()
+
+    async def _watch_workers(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            for worker in list(self.workers.values()):
+                if not worker.dead and worker.popen.poll() is not None:
+                    self._worker_exited(worker)
+            self._memory_monitor()
+
+    def _worker_exited(self, worker: WorkerProc, reason: str = "") -> None:
+        worker.dead = True
+        del self.workers[worker.worker_id]
+        if worker.client is None:
+            self.starting[(worker.env_key, worker.dedicated)] -= 1
+        description = reason or describe_exit(worker.popen.returncode) + _likely_cause(worker.popen.returncode)
+        self.emit("worker", worker.worker_id, "DEAD", pid=worker.popen.pid, reason=description)
+        lease = worker.lease
+        if lease is not None:
+            self._end_lease(worker)
+            holder = self.clients.get(lease["client"])
+            if holder is not None:
+                holder.conn.send(P.WorkerDied(worker.worker_id, description, worker.popen.returncode))
+        if worker.actor_id:
+            self.actors.worker_died(worker, description)
+        self._schedule()
+
+    def _memory_monitor(self) -> None:
+        memory = psutil.virtual_memory()
+        sample = {"percent": memory.percent, "total": memory.total}
+        if sample["percent"] < self.config.get("memory_monitor_percent", MEMORY_MONITOR_PERCENT):
+            return
+        leased = [w for w in self.workers.values() if w.lease and not w.dead]
+        if not leased:
+            return
+        victim = max(leased, key=lambda w: w.lease["granted_at"])
+        rss = self.telemetry.process_rss([victim.popen.pid]).get(victim.popen.pid, 0)
+        reason = (f"killed by the memory monitor: node at {sample['percent']:.0f}% of "
+                  f"{sample['total'] / 2**30:.1f} GiB; the task used {rss / 2**30:.1f} GiB. Give the task "
+                  "less data, or more memory (memory= option) so fewer run at once")
+        log.warning("worker pid=%d %s", victim.popen.pid, reason)
+        victim.popen.kill()
+        victim.popen.wait()
+        self._worker_exited(victim, reason)
+
+    # ---- objects ----------------------------------------------------------------------------
+
+    def _on_alloc(self, client: Client, msg: P.AllocObject) -> None:
+        result = self.objects.allocate(msg.object_id, msg.size, msg.owner or client.client_id)
+        if not isinstance(result, str):
+            try:
+                self.arena.reserve(result, msg.size)
+            except Exception as exc:  # noqa: BLE001 - out of memory: the allocation fails cleanly
+                self.objects.allocator.free(result)
+                self.objects.records[msg.object_id].offset = -1
+                result = str(exc)
+        if isinstance(result, str):
+            client.conn.send(P.Allocated(msg.request_id, error=result))
+        else:
+            client.conn.send(P.Allocated(msg.request_id, offset=result))
+
+    def _on_seal(self, client: Client, msg: P.SealObject) -> None:
+        rec = self.objects.seal(msg.object_id, msg.contained)
+        if rec is not None:
+            self._answer_waiters(rec)
+
+    def _on_fail_object(self, client: Client, msg: P.FailObject) -> None:
+        self._answer_waiters(self.objects.fail(msg.object_id, msg.error))
+
+    def _on_add_refs(self, client: Client, msg: P.AddRefs) -> None:
+        for object_id in msg.object_ids:
+            self.objects.add_hold(object_id, msg.holder or client.client_id)
+        if msg.request_id:
+            client.conn.send(P.RefsAck(msg.request_id))
+
+    def _on_remove_refs(self, client: Client, msg: P.RemoveRefs) -> None:
+        for object_id in msg.object_ids:
+            self.objects.remove_hold(object_id, msg.holder or client.client_id)
+
+    def _on_get_object(self, client: Client, msg: P.GetObject) -> None:
+        rec = self.objects.record(msg.object_id)
+        if rec.state == "PENDING":
+            rec.waiters.append((client.client_id, msg.request_id, msg.pin))
+            return
+        self._answer(rec, client, msg.request_id, msg.pin)
+
+    def _answer_waiters(self, rec) -> None:
+        waiters, rec.waiters = rec.waiters, []
+        for client_id, request_id, pin in waiters:
+            client = self.clients.get(client_id)
+            if client is not None:
+                self._answer(rec, client, request_id, pin)
+        self.objects._maybe_free(rec)
+
+    def _answer(self, rec, client: Client, request_id: int, pin: bool) -> None:
+        if rec.state == "FAILED":
+            client.conn.send(P.ObjectLocation(request_id, rec.object_id, error=rec.error))
+            return
+        error = self.objects.restore(rec) if rec.spilled else ""
+        if error:
+            from .session import encode_system_error
+            from .exceptions import ObjectStoreFullError
+            client.conn.send(P.ObjectLocation(request_id, rec.object_id,
+                                              error=encode_system_error(ObjectStoreFullError(error))))
+            return
+        if pin:
+            self.objects.pin(rec, client.client_id)
+        client.conn.send(P.ObjectLocation(request_id, rec.object_id, rec.offset, rec.size))
+
+    # ---- clients leaving --------------------------------------------------------------------
+
+    def _client_gone(self, client: Client) -> None:
+        self.clients.pop(client.client_id, None)
+        self.leases.drop_client(client.client_id)
+        if client.subscribed is not None:
+            self._on_unsubscribe(client, None)
+        for worker in list(self.workers.values()):
+            if worker.lease and worker.lease["client"] == client.client_id:
+                worker.popen.kill()  # its owner is gone: whatever it runs is no longer wanted
+        self._fail_orphaned_objects(client)
+        self.actors.owner_gone(client.client_id)
+        if client.worker is not None and not client.worker.dead:
+            client.worker.popen.kill()
+        self._schedule()
+
+    def _fail_orphaned_objects(self, client: Client) -> None:
+        from .exceptions import OwnerDiedError
+        from .session import encode_system_error
+        for rec in self.objects.drop_client(client.client_id):
+            err = OwnerDiedError(rec.object_id, f"its owner (pid {client.pid}) exited before the object was created")
+            self._answer_waiters(self.objects.fail(rec.object_id, encode_system_error(err)))
+
+    # ---- state feed -------------------------------------------------------------------------
+
+    def emit(self, kind: str, object_id: str, state: str, **fields) -> None:
+        if not self.subscribers():
+            return
+        fields.update(kind=kind, id=object_id, state=state, time=time.time(), node=self.node_id)
+        self._publish([fields])
+
+    def subscribers(self) -> list[Client]:
+        return [c for c in self.clients.values() if c.subscribed is not None]
+
+    def _publish(self, events: list) -> None:
+        for client in self.subscribers():
+            client.conn.send(P.EventBatch(events))
+
+    def _on_subscribe(self, client: Client, msg: P.Subscribe) -> None:
+        first = not self.subscribers()
+        client.subscribed = list(msg.kinds)
+        if first:
+            for other in self.clients.values():
+                other.conn.send(P.FeedControl(True))
+
+    def _on_unsubscribe(self, client: Client, _msg) -> None:
+        client.subscribed = None
+        if not self.subscribers():
+            for other in self.clients.values():
+                other.conn.send(P.FeedControl(False))
+
+    async def _telemetry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TELEMETRY_INTERVAL)
+            if self.subscribers():
+                sample = self.telemetry.sample()
+                sample["store"] = self.objects.stats()
+                self.emit("node", self.node_id, "TELEMETRY", **sample)
+
+    def _on_state_query(self, client: Client, msg: P.StateQuery) -> None:
+        from .node_state import node_snapshot
+        payload = pickle.dumps(node_snapshot(self))
+        client.conn.send(P.StateReply(msg.request_id, payload))
+
+    # ---- shutdown ---------------------------------------------------------------------------
+
+    def stop_workers(self) -> None:
+        for worker in list(self.workers.values()):
+            try:
+                worker.popen.kill()
+            except OSError:
+                pass
+        for worker in list(self.workers.values()):
+            try:
+                worker.popen.wait(2)
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def _likely_cause(returncode: int | None) -> str:
+    if returncode == -signal.SIGKILL:
+        return " (out of memory? the kernel's OOM killer, nebula.cancel(force=True) or `kill -9`)"
+    if returncode == -signal.SIGSEGV:
+        return " (a segmentation fault in user or C-extension code)"
+    if returncode is not None and returncode > 0:
+        return " (the process called exit() or an uncaught error ended it; see its log in the session's logs/ directory)"
+    return ""

@@ -1,0 +1,49 @@
+"""Entry point of a node agent process: ``python -m nebula.node_main`` (config from the env).
+
+The parent passes a JSON config in NEBULA_NODE_CONFIG and the token in NEBULA_TOKEN; the
+agent writes ``ready`` into the session directory once it accepts connections.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+
+from .child_process import install_parent_watch
+from .log_files import configure_process_logging
+from .node import NodeAgent
+
+
+def main() -> None:
+    config = json.loads(os.environ.pop("NEBULA_NODE_CONFIG"))
+    token = os.environ.pop("NEBULA_TOKEN").encode()
+    session_dir = config["session_dir"]
+    configure_process_logging(session_dir, "node", config.get("logging_level", logging.INFO))
+    agent = NodeAgent(session_dir, token, config["resources"], config["store_capacity"], config=config)
+    install_parent_watch(on_parent_exit=agent.stop_workers)
+    signal.signal(signal.SIGTERM, lambda *_: _stop(agent))
+    try:
+        asyncio.run(_serve(agent, session_dir))
+    finally:
+        agent.stop_workers()
+
+
+async def _serve(agent: NodeAgent, session_dir: str) -> None:
+    task = asyncio.get_running_loop().create_task(agent.serve())
+    while not getattr(agent, "_ready", False):
+        await asyncio.sleep(0.005)
+    with open(os.path.join(session_dir, "ready"), "w") as f:
+        f.write(agent.address)
+    await task
+
+
+def _stop(agent: NodeAgent) -> None:
+    agent.stop_workers()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

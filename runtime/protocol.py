@@ -1,0 +1,333 @@
+"""Every message Nebula processes exchange, as typed msgspec structs (one per intent).
+
+Control fields are plain typed values, validated by msgspec while decoding; user payloads
+(pickled functions, arguments, results) travel as opaque ``bytes`` that only the receiver
+unpickles, and only after the connection authenticated (see ``wire.py``).
+
+    driver/worker Session  --(node link)-->  NodeAgent      leases, objects, actors, state
+    owner Session          --(task link)-->  worker          tasks, actor calls, cancels
+    worker                 --(task link)-->  owner           results, output lines
+"""
+from __future__ import annotations
+
+import msgspec
+
+
+class Msg(msgspec.Struct, tag=True, array_like=True, omit_defaults=True):
+    """Base of every message: encoded as a tagged msgpack array."""
+
+
+# ---- handshake (the only frames accepted before authentication) -------------------------
+
+class Hello(Msg):
+    version: str
+    python: str
+    role: str
+    nonce: bytes
+
+
+class Challenge(Msg):
+    version: str
+    python: str
+    nonce: bytes
+    proof: bytes
+
+
+class Proof(Msg):
+    proof: bytes
+
+
+class Welcome(Msg):
+    node_id: str
+    fds: int = 0
+
+
+class Refused(Msg):
+    reason: str
+
+
+# ---- session <-> node agent -------------------------------------------------------------
+
+class RegisterClient(Msg):
+    kind: str  # "driver" or "worker"
+    pid: int
+    worker_id: str = ""
+    job_id: str = ""
+    namespace: str = ""
+
+
+class Registered(Msg):
+    client_id: str
+    job_id: str
+    node_id: str
+    session_dir: str
+    store_capacity: int
+    store_backing: str
+    config: dict = {}
+
+
+class RequestLease(Msg):
+    request_id: int
+    shape: dict
+    env_key: str
+    runtime_env: bytes = b""
+    strategy: str = "DEFAULT"
+    node_affinity: str = ""
+    soft: bool = True
+
+
+class LeaseGranted(Msg):
+    request_id: int
+    lease_id: str
+    worker_id: str
+    address: str
+    pid: int
+    node_id: str
+    gpu_ids: list = []
+
+
+class LeaseInfeasible(Msg):
+    request_id: int
+    message: str
+
+
+class LeaseFailed(Msg):
+    request_id: int
+    error: bytes
+
+
+class ReturnLease(Msg):
+    lease_id: str
+
+
+class CancelLeaseRequest(Msg):
+    request_id: int
+
+
+class WorkerDied(Msg):
+    worker_id: str
+    description: str
+    exit_code: int
+
+
+class WorkerBlocked(Msg):
+    blocked: bool
+
+
+class CreateActor(Msg):
+    actor_id: str
+    spec: bytes
+    shape: dict
+    placement_shape: dict
+    env_key: str
+    runtime_env: bytes = b""
+    name: str = ""
+    namespace: str = ""
+    get_if_exists: bool = False
+    detached: bool = False
+    max_restarts: int = 0
+    max_concurrency: int = 1
+    class_name: str = ""
+    node_affinity: str = ""
+    meta: bytes = b""
+
+
+class ActorCreateReply(Msg):
+    actor_id: str
+    existing_actor_id: str = ""
+    error: str = ""
+
+
+class WaitActor(Msg):
+    request_id: int
+    actor_id: str
+
+
+class ActorInfo(Msg):
+    request_id: int
+    actor_id: str
+    state: str  # PENDING, ALIVE, RESTARTING, DEAD
+    address: str = ""
+    incarnation: int = 0
+    reason: str = ""
+    class_name: str = ""
+    max_task_retries: int = 0
+
+
+class GetNamedActor(Msg):
+    request_id: int
+    name: str
+    namespace: str
+
+
+class NamedActorReply(Msg):
+    request_id: int
+    actor_id: str = ""
+    spec_meta: bytes = b""
+    error: str = ""
+
+
+class KillActor(Msg):
+    actor_id: str
+    no_restart: bool = True
+
+
+class ActorHandleReleased(Msg):
+    actor_id: str
+
+
+class AllocObject(Msg):
+    request_id: int
+    object_id: str
+    size: int
+    owner: str
+
+
+class Allocated(Msg):
+    request_id: int
+    offset: int = -1
+    error: str = ""
+
+
+class SealObject(Msg):
+    object_id: str
+    contained: list = []
+
+
+class DeclareObject(Msg):
+    object_id: str
+
+
+class FailObject(Msg):
+    object_id: str
+    error: bytes
+
+
+class AddRefs(Msg):
+    object_ids: list
+    holder: str = ""
+    request_id: int = 0
+
+
+class RemoveRefs(Msg):
+    object_ids: list
+    holder: str = ""
+
+
+class RefsAck(Msg):
+    request_id: int
+
+
+class GetObject(Msg):
+    request_id: int
+    object_id: str
+    pin: bool = True
+
+
+class ObjectLocation(Msg):
+    request_id: int
+    object_id: str
+    offset: int = -1
+    size: int = 0
+    error: bytes = b""
+
+
+class Unpin(Msg):
+    object_ids: list
+
+
+class StateQuery(Msg):
+    request_id: int
+    what: str  # "snapshot" | "nodes"
+
+
+class StateReply(Msg):
+    request_id: int
+    payload: bytes
+
+
+class Subscribe(Msg):
+    kinds: list
+
+
+class Unsubscribe(Msg):
+    pass
+
+
+class FeedControl(Msg):
+    enabled: bool
+
+
+class Events(Msg):
+    events: list
+
+
+class EventBatch(Msg):
+    events: list
+
+
+# ---- node agent -> worker (control) ------------------------------------------------------
+
+class BecomeActor(Msg):
+    actor_id: str
+    spec: bytes
+    max_concurrency: int
+    incarnation: int
+
+
+class ActorReady(Msg):
+    actor_id: str
+    error: bytes = b""
+
+
+class ExitWorker(Msg):
+    reason: str
+
+
+# ---- owner <-> worker (task link) --------------------------------------------------------
+
+class ExecuteTask(Msg):
+    task_id: str
+    function_id: str
+    function: bytes
+    args: bytes
+    return_ids: list
+    name: str
+    owner: str
+    job_id: str
+    arg_refs: list = []
+    method: str = ""
+    actor_id: str = ""
+    retriable: bool = False
+    gpu_ids: list = []
+
+
+class TaskReturn(Msg):
+    object_id: str
+    inline: bytes = b""
+    in_store: bool = False
+    size: int = 0
+
+
+class TaskResult(Msg):
+    task_id: str
+    returns: list[TaskReturn] = []
+    error: bytes = b""
+    start: float = 0.0
+    end: float = 0.0
+
+
+class CancelTask(Msg):
+    task_id: str
+    force: bool = False
+
+
+class OutputLines(Msg):
+    task_id: str
+    prefix: str
+    stream: str
+    lines: list
+
+
+MESSAGE_TYPES = tuple(Msg.__subclasses__())
+HANDSHAKE_TYPES = Hello | Challenge | Proof | Welcome | Refused

@@ -1,0 +1,124 @@
+"""The one public window on the cluster: ``snapshot()``, ``subscribe()`` and ``timeline()``.
+
+``snapshot()`` returns frozen records of nodes, workers, actors, objects (size, owner,
+locations, pinned/spilled) and tasks by state. ``subscribe(callback, kinds=...)`` calls
+``callback(list[Event])`` with batches of typed events (task transitions with timestamps,
+worker and node; objects created/sealed/spilled/restored/freed; node telemetry) for as long
+as the subscription lives. ``nebula status``, the REST API, reprs and widgets read these.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import types
+
+from .session import current_session
+
+EVENT_KINDS = ("task", "object", "worker", "actor", "node")
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    kind: str
+    id: str
+    state: str
+    time: float
+    data: types.MappingProxyType
+
+    def get(self, key: str, default=None):
+        return self.data.get(key, default)
+
+
+def to_records(raw_events) -> list[Event]:
+    out = []
+    for raw in raw_events:
+        data = {k: v for k, v in raw.items() if k not in ("kind", "id", "state", "time")}
+        out.append(Event(raw["kind"], raw["id"], raw["state"], raw["time"], types.MappingProxyType(data)))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    time: float
+    nodes: tuple
+    workers: tuple
+    actors: tuple
+    objects: tuple
+    tasks_by_state: types.MappingProxyType
+    tasks: tuple
+    clients: tuple
+
+    def to_dict(self) -> dict:
+        return {"time": self.time, "nodes": list(self.nodes), "workers": list(self.workers),
+                "actors": list(self.actors), "objects": list(self.objects),
+                "tasks_by_state": dict(self.tasks_by_state), "tasks": list(self.tasks),
+                "clients": list(self.clients)}
+
+
+def snapshot() -> Snapshot:
+    """The cluster as it is now (tasks: those of this process, live and recently finished)."""
+    from .cluster_info import state_snapshot
+    session = current_session()
+    raw = state_snapshot(session)
+    tasks = _task_records(session)
+    counts = collections.Counter(t["state"] for t in tasks)
+    freeze = lambda rows: tuple(types.MappingProxyType(r) for r in rows)  # noqa: E731
+    return Snapshot(raw["time"], freeze(raw["nodes"]), freeze(raw["workers"]), freeze(raw["actors"]),
+                    freeze(raw["objects"]), types.MappingProxyType(dict(counts)), freeze(tasks),
+                    freeze(raw["clients"]))
+
+
+def _task_records(session) -> list[dict]:
+    live = [{"task_id": t.spec.task_id, "name": t.name,
+             "state": "RUNNING" if t.lease is not None else "PENDING"}
+            for t in list(session.tasks.tasks.values())]
+    done = [{"task_id": r[0], "name": r[1], "state": r[2], "start": r[3], "end": r[4], "node": r[5], "pid": r[6]}
+            for r in list(session.task_log)[-1000:]]
+    return live + done
+
+
+class Subscription:
+    """A live subscription; ``close()`` (or leaving a ``with`` block) ends it."""
+
+    def __init__(self, session, token):
+        self._session, self._token = session, token
+
+    def close(self) -> None:
+        if self._token is not None:
+            self._session.events.remove_subscriber(self._token)
+            self._token = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def subscribe(callback, kinds=None) -> Subscription:
+    """Call ``callback(list[Event])`` with batches of events of ``kinds`` (all kinds if None)."""
+    if not callable(callback):
+        raise TypeError("subscribe() needs a callable taking a list of Event")
+    bad = sorted(set(kinds or ()) - set(EVENT_KINDS))
+    if bad:
+        raise ValueError(f"unknown event kinds {bad}; choose from {list(EVENT_KINDS)}")
+    session = current_session()
+    return Subscription(session, session.events.add_subscriber(callback, kinds))
+
+
+def timeline(filename: str | None = None):
+    """Finished tasks of this process as a Chrome trace (open in chrome://tracing or Perfetto)."""
+    session = current_session()
+    events = [_trace_event(r) for r in list(session.task_log) if r[3] and r[4]]
+    if filename is None:
+        return events
+    with open(filename, "w") as f:
+        json.dump(events, f)
+    return None
+
+
+def _trace_event(record) -> dict:
+    task_id, name, state, start, end, node, pid = record
+    return {"name": name, "cat": "task", "ph": "X", "ts": start * 1e6, "dur": max(0.0, end - start) * 1e6,
+            "pid": f"node {node[:8]}", "tid": f"worker {pid}", "args": {"task_id": task_id, "state": state}}

@@ -1,0 +1,289 @@
+"""A worker process: takes tasks from its owners' links and runs them on its main thread.
+
+    owners ──task link──► nebula-io thread ──queue──► main thread: fetch args, run, store result
+                       ◄── TaskResult / OutputLines ◄──┘
+    node agent ──node link──► BecomeActor: this worker now hosts one actor instance
+
+User code runs on the main thread (signals, and so cancellation, work there), or for
+actors with ``max_concurrency > 1`` on a thread pool, or for ``async def`` methods on an
+event loop thread. The worker is itself a Session client, so tasks may submit tasks.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+
+from . import protocol as P
+from . import wire
+from .exceptions import ActorDiedError, TaskCancelledError, capture_task_error
+from .output_capture import OutputCapture, OutputTarget
+from .serialization import deserialize, serialize
+from .session import INLINE_LIMIT, Session, encode_system_error
+from .task_args import unpack_args
+
+log = logging.getLogger("nebula.worker")
+
+
+class ExitActor(BaseException):
+    """Raised by ``nebula.actor.exit_actor()`` inside an actor method."""
+
+
+class Worker:
+    """See the module docstring."""
+
+    def __init__(self, session: Session, worker_id: str, address: str, capture: OutputCapture):
+        self.session, self.worker_id, self.address, self.capture = session, worker_id, address, capture
+        self.functions: dict[str, object] = {}
+        self.inbox: queue.Queue = session.worker_inbox
+        self.current: P.ExecuteTask | None = None
+        self.cancelled: set[str] = set()
+        self.actor = None
+        self.actor_id = ""
+        self.actor_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.actor_loop: asyncio.AbstractEventLoop | None = None
+        self.node_short = session.node_id[:4]
+        signal.signal(signal.SIGUSR1, self._on_cancel_signal)
+
+    # ---- the task link server ---------------------------------------------------------------
+
+    def serve_links(self, listener: socket.socket) -> None:
+        threading.Thread(target=self._accept_loop, args=(listener,), name="nebula-accept", daemon=True).start()
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while True:
+            conn, _ = listener.accept()
+            threading.Thread(target=self._handshake, args=(conn,), daemon=True).start()
+
+    def _handshake(self, sock: socket.socket) -> None:
+        try:
+            wire.server_handshake(sock, self.session.token, self.session.node_id)
+        except Exception as exc:  # noqa: BLE001 - a bad peer loses only its connection
+            log.warning("refused a task connection: %s", exc)
+            sock.close()
+            return
+        asyncio.run_coroutine_threadsafe(self._serve_link(sock), self.session.loop)
+
+    async def _serve_link(self, sock: socket.socket) -> None:
+        conn = await wire.Connection.adopt(sock, "owner")
+        await conn.run(lambda msg: self._on_link_message(conn, msg))
+
+    def _on_link_message(self, conn: wire.Connection, msg: P.Msg) -> None:
+        if isinstance(msg, P.ExecuteTask):
+            if self.actor_pool is not None or self.actor_loop is not None:
+                self._run_concurrent(conn, msg)
+            else:
+                self.inbox.put(("task", msg, conn))
+        elif isinstance(msg, P.CancelTask):
+            self._cancel(msg)
+
+    # ---- cancellation -----------------------------------------------------------------------
+
+    def _cancel(self, msg: P.CancelTask) -> None:
+        self.cancelled.add(msg.task_id)
+        current = self.current
+        if current is None or current.task_id != msg.task_id:
+            return
+        if msg.force:
+            os._exit(1)
+        children = getattr(self.session.current_task, "children", None) or []
+        for child in list(children):
+            self.session.tasks.cancel(child, False)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+
+    def _on_cancel_signal(self, _signum, _frame) -> None:
+        current = self.current
+        if current is not None and current.task_id in self.cancelled:
+            raise TaskCancelledError(current.task_id)
+
+    # ---- the main loop ----------------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        while True:
+            kind, msg, conn = self.inbox.get()
+            try:
+                if kind == "actor":
+                    self._become_actor(msg)
+                else:
+                    self._execute(conn, msg)
+            except TaskCancelledError:
+                log.info("a cancellation arrived after its task had finished; ignored")
+
+    def _execute(self, conn: wire.Connection, spec: P.ExecuteTask) -> None:
+        start = time.time()
+        if spec.task_id in self.cancelled:
+            self._reply(conn, P.TaskResult(spec.task_id, error=encode_system_error(TaskCancelledError(spec.task_id)),
+                                           start=start, end=start))
+            return
+        self.current = spec
+        self._enter_task(spec, conn)
+        try:
+            result = self._run(spec, start)
+        finally:
+            self._leave_task()
+            self.current = None
+        self._reply(conn, result)
+
+    def _enter_task(self, spec: P.ExecuteTask, conn: wire.Connection) -> None:
+        local = self.session.current_task
+        local.task_id, local.borrowed, local.children = spec.task_id, [], []
+        local.gpu_ids, local.actor_id, local.job_id = list(spec.gpu_ids), self.actor_id, spec.job_id
+        if spec.gpu_ids:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in spec.gpu_ids)
+        prefix = f"{spec.name} pid={os.getpid()} node={self.node_short}"
+        self.capture.begin(OutputTarget(spec.task_id, prefix, lambda stream, lines: self.session.post(
+            conn.send, P.OutputLines(spec.task_id, prefix, stream, lines))))
+
+    def _leave_task(self) -> None:
+        self.capture.end()
+        local = self.session.current_task
+        if local.borrowed:
+            self.session.confirm_borrows()
+        local.task_id = None
+
+    def _reply(self, conn: wire.Connection, result: P.TaskResult) -> None:
+        self.session.post(conn.send, result)
+
+    def _run(self, spec: P.ExecuteTask, start: float) -> P.TaskResult:
+        try:
+            call = self._resolve_call(spec)
+            args, kwargs = unpack_args(spec.args, self._fetch_args(spec))
+            value = call(*args, **kwargs)
+            returns = self._store_returns(spec, value)
+            return P.TaskResult(spec.task_id, returns, start=start, end=time.time())
+        except ExitActor:
+            return self._exit_actor(spec, start)
+        except TaskCancelledError as exc:
+            return P.TaskResult(spec.task_id, error=encode_system_error(exc), start=start, end=time.time())
+        except BaseException as exc:  # noqa: BLE001 - user errors go back to the owner
+            return self._error_result(spec, exc, start)
+
+    def _error_result(self, spec: P.ExecuteTask, exc: BaseException, start: float) -> P.TaskResult:
+        payload = capture_task_error(exc, function_name=spec.name, task_id=spec.task_id, pid=os.getpid(),
+                                     node_id=self.session.node_id, actor_id=spec.actor_id or None)
+        return P.TaskResult(spec.task_id, error=b"T" + payload, start=start, end=time.time())
+
+    def _resolve_call(self, spec: P.ExecuteTask):
+        if spec.method:
+            if self.actor is None:
+                raise ActorDiedError("this worker hosts no actor (it restarted?)")
+            return getattr(self.actor, spec.method)
+        fn = self.functions.get(spec.function_id)
+        if fn is None:
+            fn = self.functions[spec.function_id] = deserialize_function(spec.function)
+        return fn
+
+    def _fetch_args(self, spec: P.ExecuteTask) -> dict:
+        values, to_get = {}, []
+        for object_id, inline in spec.arg_refs:
+            if inline:
+                values[object_id] = deserialize(inline)
+            else:
+                to_get.append(self.session.borrow_ref(object_id, spec.owner))
+        if to_get:
+            for ref, value in zip(to_get, self.session.get(to_get, None)):
+                values[ref.hex()] = value
+        return values
+
+    def _store_returns(self, spec: P.ExecuteTask, value) -> list:
+        count = len(spec.return_ids)
+        if count == 0:
+            return []
+        values = [value] if count == 1 else list(value)
+        if len(values) != count:
+            raise ValueError(f"{spec.name} declared num_returns={count} but returned {len(values)} values")
+        return [self._store_return(spec, object_id, v) for object_id, v in zip(spec.return_ids, values)]
+
+    def _store_return(self, spec: P.ExecuteTask, object_id: str, value) -> P.TaskReturn:
+        obj = serialize(value)
+        if obj.total_size <= INLINE_LIMIT and not obj.contained:
+            return P.TaskReturn(object_id, obj.to_bytes(), size=obj.total_size)
+        self.session.escape(obj.contained)
+        self.session.write_to_store(object_id, obj, spec.owner)
+        return P.TaskReturn(object_id, in_store=True, size=obj.total_size)
+
+    # ---- actors -----------------------------------------------------------------------------
+
+    def _become_actor(self, msg: P.BecomeActor) -> None:
+        self.actor_id = msg.actor_id
+        self.session.current_task.actor_id = msg.actor_id
+        try:
+            cls, data, dep_ids, meta = deserialize(msg.spec)
+            spec = P.ExecuteTask("init-" + msg.actor_id, "", b"", data, [], f"{cls.__name__}.__init__", "", "",
+                                 arg_refs=[[d, b""] for d in dep_ids])
+            args, kwargs = unpack_args(data, self._fetch_args(spec))
+            self.actor = cls(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - reported to the node, which marks the actor dead
+            text = _format_init_error(exc)
+            self.session.send_node(P.ActorReady(msg.actor_id, text.encode()))
+            return
+        self._start_concurrency(msg.max_concurrency, meta)
+        self.session.send_node(P.ActorReady(msg.actor_id))
+
+    def _start_concurrency(self, max_concurrency: int, meta: dict) -> None:
+        if meta.get("__async__"):
+            self.actor_loop = asyncio.new_event_loop()
+            self.actor_semaphore = None
+            self.actor_limit = max_concurrency
+            threading.Thread(target=self.actor_loop.run_forever, name="nebula-actor-loop", daemon=True).start()
+        elif max_concurrency > 1:
+            self.actor_pool = concurrent.futures.ThreadPoolExecutor(max_concurrency, thread_name_prefix="nebula-actor")
+
+    def _run_concurrent(self, conn: wire.Connection, spec: P.ExecuteTask) -> None:
+        if self.actor_loop is not None:
+            asyncio.run_coroutine_threadsafe(self._run_async(conn, spec), self.actor_loop)
+        else:
+            self.actor_pool.submit(self._run_threaded, conn, spec)
+
+    def _run_threaded(self, conn: wire.Connection, spec: P.ExecuteTask) -> None:
+        self._reply(conn, self._run(spec, time.time()))
+
+    async def _run_async(self, conn: wire.Connection, spec: P.ExecuteTask) -> None:
+        if self.actor_semaphore is None:
+            self.actor_semaphore = asyncio.Semaphore(self.actor_limit)
+        async with self.actor_semaphore:
+            start = time.time()
+            try:
+                method = self._resolve_call(spec)
+                args, kwargs = unpack_args(spec.args, await asyncio.to_thread(self._fetch_args, spec))
+                value = method(*args, **kwargs)
+                if inspect.isawaitable(value):
+                    value = await value
+                returns = await asyncio.to_thread(self._store_returns, spec, value)
+                result = P.TaskResult(spec.task_id, returns, start=start, end=time.time())
+            except ExitActor:
+                result = self._exit_actor(spec, start)
+            except BaseException as exc:  # noqa: BLE001
+                result = self._error_result(spec, exc, start)
+        self._reply(conn, result)
+
+    def _exit_actor(self, spec: P.ExecuteTask, start: float) -> P.TaskResult:
+        self.session.send_node(P.KillActor(self.actor_id, True))
+        err = ActorDiedError("the actor exited via exit_actor()", actor_id=self.actor_id)
+        return P.TaskResult(spec.task_id, error=encode_system_error(err), start=start, end=time.time())
+
+
+def bind_listener(address: str) -> socket.socket:
+    """Listen on the worker's socket before registering, so owners never race its start."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(address[5:])
+    os.chmod(address[5:], 0o600)
+    sock.listen(128)
+    return sock
+
+
+def deserialize_function(data: bytes):
+    import cloudpickle
+    return cloudpickle.loads(data)
+
+
+def _format_init_error(exc: BaseException) -> str:
+    import traceback
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

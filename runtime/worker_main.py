@@ -1,0 +1,42 @@
+"""Entry point of a worker process: ``python -m nebula.worker_main`` (started by a node agent)."""
+from __future__ import annotations
+
+import os
+
+
+def main() -> None:
+    from .child_process import install_parent_watch
+    install_parent_watch()
+    worker_id = os.environ.pop("NEBULA_WORKER_ID")
+    session_dir = os.environ["NEBULA_SESSION_DIR"]
+    from .log_files import configure_process_logging
+    configure_process_logging(session_dir, f"worker-{worker_id}")
+    from .output_capture import OutputCapture
+    capture = OutputCapture(os.path.join(session_dir, "logs", f"worker-{worker_id}.out"))
+    _serve(worker_id, session_dir, capture)
+
+
+def _serve(worker_id: str, session_dir: str, capture) -> None:
+    from .session import set_current_session
+    from .worker import Worker, bind_listener
+    token = os.environ.pop("NEBULA_TOKEN").encode()
+    address = f"unix:{os.path.join(session_dir, f'w-{worker_id}.sock')}"
+    listener = bind_listener(address)
+    session = _connect(os.environ["NEBULA_NODE_ADDRESS"], token, worker_id)
+    set_current_session(session)
+    worker = Worker(session, worker_id, address, capture)
+    worker.serve_links(listener)
+    worker.run_forever()
+
+
+def _connect(node_address: str, token: bytes, worker_id: str):
+    from .session import Session
+    return Session(node_address, token, kind="worker", worker_id=worker_id)
+
+
+if __name__ == "__main__":
+    import sys
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(1)
