@@ -110,11 +110,15 @@ class ActorHandle:
         return ActorHandle, (self._actor_id, self._class_name, self._meta, self._max_task_retries)
 
     def __del__(self):
-        if self.__dict__.get("_original"):
+        if not self.__dict__.get("_original"):
+            return
+        try:
             from .session import current_session_or_none
             session = current_session_or_none()
             if session is not None and not session.closed:
                 session.post(session.actors.handle_released, self._actor_id)
+        except Exception:  # noqa: BLE001 - interpreter shutdown: the cluster is going away anyway
+            pass
 
     def __eq__(self, other):
         return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
