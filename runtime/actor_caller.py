@@ -68,14 +68,14 @@ class ActorCaller:
         spec = serialize((cls, data, [d.hex() for d in deps], method_meta)).to_bytes()
         held = resource_shape(options.num_cpus or 0, options.num_gpus, options.resources, options.memory)
         placement = dict(held) if options.num_cpus is not None else {**held, "CPU": 1.0}
+        env = session.worker_env(options.runtime_env)
         concurrency = options.max_concurrency or (1000 if method_meta.get("__async__") else 1)
         kind, node, _soft = strategy_fields(options.scheduling_strategy)
         namespace = options.namespace if options.namespace is not None else session.namespace
         fut: concurrent.futures.Future = concurrent.futures.Future()
         self.create_replies[actor_id] = fut
         session.send_node(P.CreateActor(
-            actor_id, spec, held, placement, runtime_env_key(options.runtime_env),
-            pickle.dumps(options.runtime_env) if options.runtime_env else b"", options.name or "",
+            actor_id, spec, held, placement, runtime_env_key(env), pickle.dumps(env), options.name or "",
             namespace or "", options.get_if_exists, options.lifetime == "detached", options.max_restarts,
             concurrency, class_name, node if kind == "NODE_AFFINITY" else "", handle_meta))
         reply = fut.result(60)
@@ -228,6 +228,20 @@ class ActorCaller:
         for channel in self.channels.values():
             if channel.state == "ALIVE" and channel.link is not None and msg.worker_id in channel.link.address:
                 channel.reason = msg.description
+
+    def cancel(self, task_id: str) -> None:
+        """Drop a queued call, or ask the actor to interrupt a running one."""
+        for channel in self.channels.values():
+            for call in list(channel.queue):
+                if call.spec.task_id == task_id:
+                    channel.queue.remove(call)
+                    from .session import encode_system_error
+                    from .exceptions import TaskCancelledError
+                    self._finish(call, P.TaskResult(task_id, error=encode_system_error(TaskCancelledError(task_id))))
+                    return
+            if task_id in channel.in_flight and channel.link is not None and channel.link.conn is not None:
+                channel.link.conn.send(P.CancelTask(task_id, False))
+                return
 
     def handle_released(self, actor_id: str) -> None:
         self.session.node.send(P.ActorHandleReleased(actor_id))

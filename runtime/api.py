@@ -243,6 +243,7 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
         raise TypeError(f"nebula.cancel() takes an ObjectRef, got {type(ref).__name__}")
     session = session_module.current_session()
     session.post(session.tasks.cancel, ref.task_id(), force)
+    session.post(session.actors.cancel, ref.task_id())
 
 
 def kill(actor, *, no_restart: bool = True) -> None:

@@ -50,8 +50,16 @@ def _node_config(session_dir, num_cpus, num_gpus, resources, object_store_memory
     total = NodeResources.detect(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources).total
     capacity = parse_memory_size(object_store_memory) if object_store_memory else default_store_capacity()
     return {"session_dir": session_dir, "resources": total, "store_capacity": capacity,
-            "logging_level": logging_level, "driver_cwd": os.getcwd(),
-            "driver_sys_path": [p for p in sys.path if p and os.path.isdir(p) and "site-packages" not in p]}
+            "logging_level": logging_level, "prestart_env": _prestart_env()}
+
+
+def _prestart_env() -> list:
+    """Warm up workers for the environment this process's own tasks will ask for."""
+    import pickle
+    from .options import runtime_env_key
+    env = {"_python": sys.executable, "_cwd": os.getcwd(),
+           "_sys_path": [p for p in sys.path if p and os.path.isdir(p) and "-packages" not in p]}
+    return [runtime_env_key(env), pickle.dumps(env).hex()]
 
 
 def _wait_ready(popen, session_dir: str) -> str:

@@ -94,8 +94,11 @@ class NodeAgent:
     async def serve(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._listen()
-        for _ in range(int(self.config.get("prestart_workers", self.pool.total.get("CPU", 1)))):
-            self._start_worker("", b"", dedicated=False)
+        prestart = self.config.get("prestart_env")
+        if prestart:
+            env_key, env_bytes = prestart
+            for _ in range(int(self.config.get("prestart_workers", self.pool.total.get("CPU", 1)))):
+                self._start_worker(env_key, bytes.fromhex(env_bytes), dedicated=False)
         self.loop.create_task(self._watch_workers())
         self.loop.create_task(self._telemetry_loop())
         self._ready = True
@@ -287,9 +290,9 @@ class NodeAgent:
     def _start_worker(self, env_key: str, runtime_env: bytes, dedicated: bool) -> WorkerProc:
         worker_id = new_id(8)
         address = f"unix:{os.path.join(self.session_dir, f'w-{worker_id}.sock')}"
-        env, cwd = self._worker_environment(worker_id, runtime_env)
+        env, cwd, python = self._worker_environment(worker_id, runtime_env)
         log_file = open(os.path.join(self.session_dir, "logs", f"worker-{worker_id}.out"), "ab")
-        popen = spawn_child([sys.executable, "-m", "nebula.worker_main"], env=env, cwd=cwd,
+        popen = spawn_child([python, "-m", "nebula.worker_main"], env=env, cwd=cwd,
                             stdout=log_file, stderr=log_file, name="worker")
         log_file.close()
         worker = WorkerProc(worker_id, popen, env_key, address, dedicated)
@@ -304,12 +307,15 @@ class NodeAgent:
         env.update(user_env.get("env_vars") or {})
         env.update(thread_limit_env(1, env))
         env.update({"NEBULA_NODE_ADDRESS": self.address, "NEBULA_WORKER_ID": worker_id,
-                    "NEBULA_SESSION_DIR": self.session_dir, "NEBULA_TOKEN": self.token.decode()})
-        cwd = user_env.get("working_dir") or self.config.get("driver_cwd") or None
-        extra_path = [p for p in [cwd, *self.config.get("driver_sys_path", [])] if p]
+                    "NEBULA_SESSION_DIR": self.session_dir, "NEBULA_TOKEN": self.token.decode(),
+                    "NEBULA_WORKER_ENV": runtime_env.hex()})
+        cwd = user_env.get("working_dir") or user_env.get("_cwd") or None
+        if cwd and not os.path.isdir(cwd):
+            cwd = None
+        extra_path = [p for p in [user_env.get("working_dir"), *user_env.get("_sys_path", [])] if p]
         if extra_path:
             env["PYTHONPATH"] = os.pathsep.join(extra_path + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        return env, cwd
+        return env, cwd, user_env.get("_python") or sys.executable
 
     def _worker_ready(self, worker: WorkerProc) -> None:
         self.emit("worker", worker.worker_id, "IDLE", pid=worker.popen.pid)

@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import itertools
 import logging
 import os
 import pickle
 import queue
+import sys
 import threading
 import time
 import weakref
@@ -110,6 +112,7 @@ class Session:
         self.current_task = threading.local()
         self.worker_inbox: queue.Queue = queue.Queue()
         self.namespace = namespace
+        self.inherited_env: dict = {}
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="nebula-io", daemon=True)
         self._thread.start()
@@ -405,7 +408,7 @@ class Session:
         sources = [self.value_source(r) for r in refs]
         deadline = None if timeout is None else time.monotonic() + timeout
         observer = output.wait_observer()
-        with self.blocked_in_get():
+        with self.blocked_in_get(), self.cancel_on_interrupt(refs):
             for ref, src in zip(refs, sources):
                 self._await_future(src, deadline, ref, observer, refs)
         return [self.materialize(r.hex(), s.result()) for r, s in zip(refs, sources)]
@@ -430,6 +433,17 @@ class Session:
     def wait_observer(self):
         return output.wait_observer()
 
+    def worker_env(self, runtime_env: dict | None) -> dict:
+        """The environment this process's tasks run in: its interpreter, cwd and sys.path,
+        then the user's runtime_env. Workers are pooled per distinct environment."""
+        if self.kind == "worker":
+            base = dict(self.inherited_env)
+        else:
+            base = {"_python": sys.executable, "_cwd": os.getcwd(),
+                    "_sys_path": [p for p in sys.path if p and os.path.isdir(p) and "-packages" not in p]}
+        base.update(runtime_env or {})
+        return base
+
     def remember_context(self, task_id: str) -> None:
         context = output.submit_context()
         if context is not None:
@@ -444,6 +458,18 @@ class Session:
 
     def blocked_in_get(self):
         return _BlockedInGet(self)
+
+    @contextlib.contextmanager
+    def cancel_on_interrupt(self, refs):
+        """Ctrl-C (or a notebook's stop button) while blocked cancels the tasks being waited on."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            for ref in refs:
+                if ref.hex() in self.owned and not self.owned[ref.hex()].ready.done():
+                    self.post(self.tasks.cancel, ref.task_id(), False)
+                    self.post(self.actors.cancel, ref.task_id())
+            raise
 
     # ---- lifecycle ------------------------------------------------------------------------
 

@@ -102,8 +102,10 @@ class TaskSubmitter:
                              session.job_id, retriable=retriable)
         shape = resource_shape(options.num_cpus, options.num_gpus, options.resources, options.memory)
         strategy = strategy_fields(options.scheduling_strategy)
-        key = (tuple(sorted(shape.items())), runtime_env_key(options.runtime_env), strategy)
+        env = session.worker_env(options.runtime_env)
+        key = (tuple(sorted(shape.items())), runtime_env_key(env), strategy)
         task = PendingTask(spec, key, deps, nested, options, shape, strategy)
+        task.env = env
         session.remember_context(task_id)
         children = getattr(session.current_task, "children", None)
         if children is not None:

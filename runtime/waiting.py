@@ -14,7 +14,7 @@ def wait_for(session, refs: list, num_returns: int, timeout: float | None):
     for fut in futures:
         fut.add_done_callback(counter.one_ready)
     deadline = None if timeout is None else time.monotonic() + timeout
-    with session.blocked_in_get():
+    with session.blocked_in_get(), session.cancel_on_interrupt(refs):
         _wait_event(done, deadline, session.wait_observer, refs)
     ready_flags = [f.done() for f in futures]
     ready = [r for r, ok in zip(refs, ready_flags) if ok][:max(num_returns, 0) or None]

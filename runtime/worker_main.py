@@ -23,6 +23,10 @@ def _serve(worker_id: str, session_dir: str, capture) -> None:
     address = f"unix:{os.path.join(session_dir, f'w-{worker_id}.sock')}"
     listener = bind_listener(address)
     session = _connect(os.environ["NEBULA_NODE_ADDRESS"], token, worker_id)
+    env_bytes = bytes.fromhex(os.environ.pop("NEBULA_WORKER_ENV", ""))
+    if env_bytes:
+        import pickle
+        session.inherited_env = pickle.loads(env_bytes)
     set_current_session(session)
     worker = Worker(session, worker_id, address, capture)
     worker.serve_links(listener)
