@@ -63,7 +63,8 @@ def announce(found):
 def log_record(record, repeats):
     state = "ok" if record.ok else ("TIMEOUT" if record.timed_out else "FAILED")
     strays = f", killed {record.left_behind} leftover processes" if record.left_behind else ""
-    log(f"[{record.repeat + 1}/{repeats}] {record.workload:12} {record.system:7} {state} {record.wall_s:6.1f} s{strays}")
+    where = f"[{record.repeat + 1}/{repeats}] {record.workload:12} {record.system:7}"
+    log(f"{where} {state} {record.wall_s:6.1f} s{strays}")
     if record.error:
         log("    " + record.error.replace("\n", "\n    "))
 
@@ -103,23 +104,35 @@ def write_json(path, payload):
     log(f"raw numbers written to {path}")
 
 
+def print_results(records, modules, available):
+    """The table and the goal verdicts on stdout; returns the medians."""
+    medians = summary.medians(records)
+    print(report.table(records, medians, modules, available))
+    print("\n" + goals.report(medians, {m.key for module in modules for m in module.METRICS}), flush=True)
+    return medians
+
+
+def check_ray_leftovers():
+    leftovers = leftover_ray_processes()
+    log("leftover raylet/gcs_server processes: " + ("; ".join(leftovers) if leftovers else "none"))
+    return leftovers
+
+
 def main(argv=None):
     args = parse_args(argv)
     modules = workload_modules(args.only)
     info = machine.describe()
-    log(f"{info['cpu_model']}, {info['nproc']} cores, {info['memory_gib']} GiB; load {info['loadavg_at_start']}")
+    log(f"{info['cpu_model']}, {info['nproc']} cores, {info['memory_gib']} GiB")
+    log(f"load average at start: {info['loadavg_at_start']}")
     found = systems.discover(["nebula", *split(args.peers, PEERS, "peer")])
     announce(found)
     available = {name: s for name, s in found.items() if s.absent_because is None}
     records = execute(modules, available, args)
-    medians = summary.medians(records)
-    print(report.table(records, medians, modules, available))
-    print("\n" + goals.report(medians, {m.key for mod in modules for m in mod.METRICS}))
-    leftovers = leftover_ray_processes()
-    log("leftover raylet/gcs_server processes: " + ("; ".join(leftovers) if leftovers else "none"))
+    medians = print_results(records, modules, available)
     write_json(args.json, {
         "args": vars(args), "machine": info, "systems": {n: dataclasses.asdict(s) for n, s in found.items()},
-        "medians": medians, "records": [r.as_json() for r in records], "leftover_ray_processes": leftovers,
+        "medians": medians, "records": [r.as_json() for r in records],
+        "leftover_ray_processes": check_ray_leftovers(),
     })
 
 

@@ -15,7 +15,7 @@ import pickle
 from . import protocol as P
 from .exceptions import ActorDiedError
 from .ids import new_id, return_id
-from .options import resource_shape, runtime_env_key, strategy_fields
+from .options import resource_shape, strategy_fields
 from .serialization import serialize
 from .task_args import pack_args
 
@@ -68,14 +68,14 @@ class ActorCaller:
         spec = serialize((cls, data, [d.hex() for d in deps], method_meta)).to_bytes()
         held = resource_shape(options.num_cpus or 0, options.num_gpus, options.resources, options.memory)
         placement = dict(held) if options.num_cpus is not None else {**held, "CPU": 1.0}
-        env = session.worker_env(options.runtime_env)
+        env, env_key = session.worker_env(options.runtime_env)
         concurrency = options.max_concurrency or (1000 if method_meta.get("__async__") else 1)
         kind, node, _soft = strategy_fields(options.scheduling_strategy)
         namespace = options.namespace if options.namespace is not None else session.namespace
         fut: concurrent.futures.Future = concurrent.futures.Future()
         self.create_replies[actor_id] = fut
         session.send_node(P.CreateActor(
-            actor_id, spec, held, placement, runtime_env_key(env), pickle.dumps(env), options.name or "",
+            actor_id, spec, held, placement, env_key, pickle.dumps(env), options.name or "",
             namespace or "", options.get_if_exists, options.lifetime == "detached", options.max_restarts,
             concurrency, class_name, node if kind == "NODE_AFFINITY" else "", handle_meta))
         reply = fut.result(60)

@@ -58,7 +58,7 @@ class RuntimeContext:
         return self._session.node_id
 
     def get_job_id(self) -> str:
-        return self._session.job_id
+        return getattr(self._session.current_task, "job_id", None) or self._session.job_id
 
     def get_task_id(self) -> str | None:
         return getattr(self._session.current_task, "task_id", None)

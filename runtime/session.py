@@ -37,6 +37,7 @@ from .events import EventRecorder
 from .exceptions import (GetTimeoutError, NebulaError, ObjectLostError, ObjectStoreFullError,
                          restore_task_error)
 from .ids import new_id
+from .options import runtime_env_key
 from .object_ref import ObjectRef
 from .serialization import SerializedObject, deserialize, serialize
 from .store_arena import Arena
@@ -370,6 +371,15 @@ class Session:
         entry.ready.add_done_callback(lambda _f: self._source_from_entry(ref.hex(), entry, out))
         return out
 
+    def _ready_inline(self, ref: ObjectRef):
+        """A done future for an owned, ready, inline value (the common fast path), else None."""
+        entry = self.owned.get(ref.hex())
+        if entry is None or not entry.ready.done() or entry.in_store:
+            return None
+        out: concurrent.futures.Future = concurrent.futures.Future()
+        out.set_result(("error", entry.error) if entry.error is not None else ("inline", entry.inline))
+        return out
+
     def _source_from_entry(self, object_id: str, entry: ObjectEntry, out) -> None:
         if entry.error is not None:
             out.set_result(("error", entry.error))
@@ -405,13 +415,33 @@ class Session:
         return value
 
     def get(self, refs: list, timeout: float | None):
-        sources = [self.value_source(r) for r in refs]
+        sources = [self._ready_inline(r) or self.value_source(r) for r in refs]
         deadline = None if timeout is None else time.monotonic() + timeout
         observer = output.wait_observer()
         with self.blocked_in_get(), self.cancel_on_interrupt(refs):
             for ref, src in zip(refs, sources):
                 self._await_future(src, deadline, ref, observer, refs)
         return [self.materialize(r.hex(), s.result()) for r, s in zip(refs, sources)]
+
+    def value_future(self, ref: ObjectRef) -> concurrent.futures.Future:
+        """A future of ``ref``'s value or error (``ObjectRef.future()``, ``await ref``).
+
+        Values are rebuilt on a helper thread: unpickling runs user code, which may call get()."""
+        out: concurrent.futures.Future = concurrent.futures.Future()
+
+        def resolve(source: concurrent.futures.Future) -> None:
+            try:
+                out.set_result(self.materialize(ref.hex(), source.result()))
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever awaits the future
+                out.set_exception(exc)
+        self.value_source(ref).add_done_callback(lambda f: self._materializer().submit(resolve, f))
+        return out
+
+    def _materializer(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self.lock:
+            if getattr(self, "_materialize_pool", None) is None:
+                self._materialize_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="nebula-future")
+            return self._materialize_pool
 
     def _await_future(self, fut, deadline, ref, observer, refs) -> None:
         while True:
@@ -433,16 +463,29 @@ class Session:
     def wait_observer(self):
         return output.wait_observer()
 
-    def worker_env(self, runtime_env: dict | None) -> dict:
-        """The environment this process's tasks run in: its interpreter, cwd and sys.path,
-        then the user's runtime_env. Workers are pooled per distinct environment."""
+    def worker_env(self, runtime_env: dict | None) -> tuple[dict, str]:
+        """(environment, key) this process's tasks run in: its interpreter, cwd and sys.path,
+        then the user's runtime_env. Workers are pooled per distinct environment (key)."""
         if self.kind == "worker":
-            base = dict(self.inherited_env)
+            base = self.inherited_env
+            marker = None
         else:
-            base = {"_python": sys.executable, "_cwd": os.getcwd(),
-                    "_sys_path": [p for p in sys.path if p and os.path.isdir(p) and "-packages" not in p]}
-        base.update(runtime_env or {})
-        return base
+            marker = (os.getcwd(), tuple(sys.path))
+            cached = getattr(self, "_env_cache", None)
+            if cached is not None and cached[0] == marker:
+                base = cached[1]
+            else:
+                base = {"_python": sys.executable, "_cwd": marker[0],
+                        "_sys_path": [p for p in sys.path if p and os.path.isdir(p) and "-packages" not in p]}
+                self._env_cache = (marker, base, runtime_env_key(base))
+        if not runtime_env:
+            if marker is None:
+                if not hasattr(self, "_inherited_key"):
+                    self._inherited_key = runtime_env_key(base)
+                return base, self._inherited_key
+            return base, self._env_cache[2]
+        env = {**base, **runtime_env}
+        return env, runtime_env_key(env)
 
     def remember_context(self, task_id: str) -> None:
         context = output.submit_context()
@@ -490,6 +533,8 @@ class Session:
             pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
+        if getattr(self, "_materialize_pool", None) is not None:
+            self._materialize_pool.shutdown(wait=False, cancel_futures=True)
 
     async def _close_async(self) -> None:
         self.tasks.close()

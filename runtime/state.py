@@ -48,12 +48,13 @@ class Snapshot:
     tasks_by_state: types.MappingProxyType
     tasks: tuple
     clients: tuple
+    local_objects: tuple = ()
 
     def to_dict(self) -> dict:
         return {"time": self.time, "nodes": list(self.nodes), "workers": list(self.workers),
                 "actors": list(self.actors), "objects": list(self.objects),
                 "tasks_by_state": dict(self.tasks_by_state), "tasks": list(self.tasks),
-                "clients": list(self.clients)}
+                "clients": list(self.clients), "local_objects": list(self.local_objects)}
 
 
 def snapshot() -> Snapshot:
@@ -66,7 +67,17 @@ def snapshot() -> Snapshot:
     freeze = lambda rows: tuple(types.MappingProxyType(r) for r in rows)  # noqa: E731
     return Snapshot(raw["time"], freeze(raw["nodes"]), freeze(raw["workers"]), freeze(raw["actors"]),
                     freeze(raw["objects"]), types.MappingProxyType(dict(counts)), freeze(tasks),
-                    freeze(raw["clients"]))
+                    freeze(raw["clients"]), freeze(_local_objects(session)))
+
+
+def _local_objects(session) -> list[dict]:
+    """Objects this process owns: inline ones live only here, so only this process can list them."""
+    rows = []
+    for object_id, entry in list(session.owned.items()):
+        state = "FAILED" if entry.error is not None else "READY" if entry.ready.done() else "PENDING"
+        rows.append({"object_id": object_id, "state": state, "size": entry.size, "in_store": entry.in_store,
+                     "task_id": entry.task_id, "local_refs": session.refs.get(object_id, 0)})
+    return rows
 
 
 def _task_records(session) -> list[dict]:

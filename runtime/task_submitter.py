@@ -20,7 +20,7 @@ from . import protocol as P
 from . import wire
 from .exceptions import TaskCancelledError, WorkerCrashedError
 from .ids import new_id, return_id
-from .options import resource_shape, runtime_env_key, strategy_fields
+from .options import resource_shape, strategy_fields
 from .task_args import pack_args
 
 log = logging.getLogger("nebula.tasks")
@@ -85,6 +85,7 @@ class TaskSubmitter:
         self.death_info: dict[str, str] = {}
         self.durations: dict[str, float] = {}
         self.result_handlers: dict[str, object] = {}
+        self._options_cache: dict[int, tuple] = {}
 
     # ---- caller thread --------------------------------------------------------------------
 
@@ -98,12 +99,12 @@ class TaskSubmitter:
         return_ids = [return_id(task_id, i) for i in range(options.num_returns)]
         refs = [session.new_owned(rid, task_id) for rid in return_ids]
         retriable = options.max_retries != 0
+        job_id = getattr(session.current_task, "job_id", None) or session.job_id  # a task's children share its job
         spec = P.ExecuteTask(task_id, function_id, b"", data, return_ids, name, session.client_id,
-                             session.job_id, retriable=retriable)
-        shape = resource_shape(options.num_cpus, options.num_gpus, options.resources, options.memory)
-        strategy = strategy_fields(options.scheduling_strategy)
-        env = session.worker_env(options.runtime_env)
-        key = (tuple(sorted(shape.items())), runtime_env_key(env), strategy)
+                             job_id, retriable=retriable)
+        shape, strategy = self._shape_and_strategy(options)
+        env, env_key = session.worker_env(options.runtime_env)
+        key = (tuple(sorted(shape.items())), env_key, strategy)
         task = PendingTask(spec, key, deps, nested, options, shape, strategy)
         task.env = env
         session.remember_context(task_id)
@@ -112,6 +113,14 @@ class TaskSubmitter:
             children.append(task_id)
         session.post(self._submit, task)
         return refs
+
+    def _shape_and_strategy(self, options) -> tuple[dict, tuple]:
+        cached = self._options_cache.get(id(options))
+        if cached is None or cached[0] is not options:
+            shape = resource_shape(options.num_cpus, options.num_gpus, options.resources, options.memory)
+            cached = (options, shape, strategy_fields(options.scheduling_strategy))
+            self._options_cache[id(options)] = cached
+        return cached[1], cached[2]
 
     # ---- dependency resolution ------------------------------------------------------------
 
@@ -163,10 +172,18 @@ class TaskSubmitter:
         avg = self.durations.get(task.spec.function_id)
         return DEEP_PIPELINE if avg is not None and avg < SHORT_TASK_SECONDS else 1
 
+    def _has_room(self, lease: Lease, task: PendingTask) -> bool:
+        """Queue behind busy work only when it and everything in flight there is known short:
+        a short task pipelined behind a long one would wait for it while other workers idle."""
+        if not lease.in_flight:
+            return True
+        depth = min(self._depth(t) for t in (task, *lease.in_flight.values()))
+        return len(lease.in_flight) < depth
+
     def _pump(self, key) -> None:
         queue = self.queues.get(key)
         for lease in self.leases.get(key, ()):
-            while queue and not lease.dead and len(lease.in_flight) < self._depth(queue[0]):
+            while queue and not lease.dead and self._has_room(lease, queue[0]):
                 self._dispatch(lease, queue.popleft())
             if not lease.in_flight and not queue:
                 self._schedule_release(lease)

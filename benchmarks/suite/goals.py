@@ -22,9 +22,9 @@ GOALS = (
     Goal("get of 100 MB under 1 ms", "get_100mb_ms", lambda n, r: n < 1.0, False),
     Goal("put of 100 MB at 70%+ of a plain memcopy", "put_100mb_pct_memcpy", lambda n, r: n >= 70, False),
     Goal("chain of 100 tasks at most half Ray's time", "chain_100_ms", lambda n, r: n <= r / 2, True),
-    Goal("task on a stored 100 MB array at most 0.9x Ray's time", "stored_sum_ms", lambda n, r: n <= 0.9 * r, True),
+    Goal("task on stored 100 MB at most 0.9x Ray's", "stored_sum_ms", lambda n, r: n <= 0.9 * r, True),
     Goal("idle memory at most 1/3 of Ray's", "idle_pss_mb", lambda n, r: n <= r / 3, True),
-    Goal("with a subscriber, tasks async at most 5% slower", "subscriber_change_pct", lambda n, r: n >= -5, False),
+    Goal("tasks async with a subscriber within 5%", "subscriber_change_pct", lambda n, r: n >= -5, False),
 )
 
 

@@ -39,11 +39,15 @@ def markdown(rows):
     """A pipe table that also reads well in a terminal."""
     header = ["workload", "unit", *COLUMNS, "nebula/ray"]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+    lines = [header, ["-" * width for width in widths], *rows]
+    return "\n".join(pipe_row(cells, widths) for cells in lines)
+
+
+def pipe_row(cells, widths):
+    return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
 
 
 def table(records, medians, modules, available):
     """The whole results table for these workload modules."""
-    rows = [row(records, medians, module, metric, available) for module in modules for metric in module.METRICS]
-    return markdown(rows)
+    metrics = [(module, metric) for module in modules for metric in module.METRICS]
+    return markdown([row(records, medians, module, metric, available) for module, metric in metrics])

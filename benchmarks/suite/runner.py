@@ -48,8 +48,8 @@ def run_once(system, workload, repeat, quick, timeout_s):
     start = time.monotonic()
     done = launch(argv + (["--quick"] if quick else []), timeout_s)
     metrics = None if done.timed_out else parse_metrics(done.stdout)
-    record = Record(workload, system.name, repeat, metrics is not None, metrics or {})
-    record.wall_s, record.left_behind, record.timed_out = time.monotonic() - start, done.left_behind, done.timed_out
-    if metrics is None:
-        record.error = error_text(done, timeout_s)
-    return record
+    return Record(
+        workload, system.name, repeat, ok=metrics is not None, metrics=metrics or {},
+        error=None if metrics is not None else error_text(done, timeout_s),
+        timed_out=done.timed_out, wall_s=time.monotonic() - start, left_behind=done.left_behind,
+    )

@@ -14,7 +14,11 @@ def medians(records):
     for record in records:
         for key, value in record.metrics.items():
             values.setdefault(key, {}).setdefault(record.system, []).append(value)
-    return {key: {system: statistics.median(v) for system, v in by_system.items()} for key, by_system in values.items()}
+    return {key: median_each(by_system) for key, by_system in values.items()}
+
+
+def median_each(values_by_system):
+    return {system: statistics.median(values) for system, values in values_by_system.items()}
 
 
 def failure_state(records, workload, system):

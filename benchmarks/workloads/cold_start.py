@@ -9,7 +9,7 @@ from workloads.rt import NUM_CPUS
 
 SYSTEMS = ("nebula", "ray")
 MANAGES_INIT = True
-TIMEOUT_S = 90
+TIMEOUT_S = 50
 DONE = "COLD_START_DONE"
 METRICS = (Metric("cold_start_s", "cold start (import+init+1 task)", "s", False),)
 

@@ -1,5 +1,7 @@
 """Async task throughput with one state subscriber attached, against the same run without (nebula only)."""
 
+import importlib
+
 from workloads.metric import Metric
 from workloads.throughput import ASYNC_COUNT, async_rate, noop, warm_up
 
@@ -15,7 +17,7 @@ def run(rt, quick):
     task = rt.remote(noop)
     warm_up(rt, task.remote, ASYNC_COUNT)
     plain = async_rate(rt, task.remote)
-    rt.state.subscribe(lambda batch: None)
+    importlib.import_module(f"{rt.__name__}.state").subscribe(lambda batch: None)
     subscribed = async_rate(rt, task.remote)
     return {
         "tasks_async_plain_per_s": plain,
