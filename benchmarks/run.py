@@ -4,6 +4,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -64,7 +65,7 @@ def log_record(record, repeats):
     state = "ok" if record.ok else ("TIMEOUT" if record.timed_out else "FAILED")
     strays = f", killed {record.left_behind} leftover processes" if record.left_behind else ""
     where = f"[{record.repeat + 1}/{repeats}] {record.workload:12} {record.system:7}"
-    log(f"{where} {state} {record.wall_s:6.1f} s{strays}")
+    log(f"{where} {state} {record.wall_s:6.1f} s, load {record.load_after:.1f}{strays}")
     if record.error:
         log("    " + record.error.replace("\n", "\n    "))
 
@@ -132,7 +133,7 @@ def main(argv=None):
     write_json(args.json, {
         "args": vars(args), "machine": info, "systems": {n: dataclasses.asdict(s) for n, s in found.items()},
         "medians": medians, "records": [r.as_json() for r in records],
-        "leftover_ray_processes": check_ray_leftovers(),
+        "leftover_ray_processes": check_ray_leftovers(), "loadavg_at_end": os.getloadavg(),
     })
 
 

@@ -44,6 +44,9 @@ class ActorChannel:
         self.reason = ""
         self.max_task_retries = 0
         self.waiting_info = False
+        self.release_when_idle = False
+        self.orphaned: list[ActorCall] = []  # in flight when the link broke; failed once we know why
+        self.incarnation = -1
 
 
 class ActorCaller:
@@ -153,6 +156,8 @@ class ActorCaller:
         call = channel.in_flight.pop(msg.task_id, None)
         if call is not None:
             self._finish(call, msg)
+        if channel.release_when_idle and not channel.queue and not channel.in_flight:
+            self.handle_released(channel.actor_id)
 
     def _finish(self, call: ActorCall, msg: P.TaskResult) -> None:
         self.session.tasks.result_handlers.pop(call.spec.task_id, None)
@@ -162,7 +167,7 @@ class ActorCaller:
         else:
             for ret in msg.returns:
                 self.session.complete_object(ret.object_id, inline=ret.inline or None,
-                                             in_store=ret.in_store, size=ret.size)
+                                             in_store=ret.in_store, size=ret.size, node=ret.node_id)
         state = "FAILED" if msg.error else "FINISHED"
         self.session.events.task(call.spec.task_id, state, name=call.spec.name, start=msg.start, end=msg.end)
         self.session.task_finished(call.spec.task_id, call.spec.name, state, msg.start, msg.end,
@@ -186,6 +191,10 @@ class ActorCaller:
         channel.waiting_info = msg.state not in ("ALIVE", "DEAD")
         channel.state, channel.reason = msg.state, msg.reason
         channel.max_task_retries = msg.max_task_retries
+        if channel.orphaned and (msg.state != "ALIVE" or msg.incarnation != channel.incarnation):
+            self._fail_orphaned(channel, msg.state, msg.reason or "its process exited")
+        if msg.state == "ALIVE":
+            channel.incarnation = msg.incarnation
         if msg.state == "DEAD":
             self._fail_all(channel)
         elif msg.state == "ALIVE":
@@ -197,7 +206,19 @@ class ActorCaller:
             await link.ready
         except Exception:  # noqa: BLE001 - the actor died between ALIVE and connect
             channel.state = "UNKNOWN"
+        if channel.orphaned and channel.state == "ALIVE":
+            self._fail_orphaned(channel, "ALIVE", "the connection to it was lost")
         self._drain(channel)
+
+    def _fail_orphaned(self, channel: ActorChannel, state: str, why: str) -> None:
+        from .session import encode_system_error
+        calls, channel.orphaned = channel.orphaned, []
+        after = ("it will not be restarted" if state == "DEAD" else
+                 "set max_task_retries to retry such calls on the restarted actor")
+        err = ActorDiedError(f"the actor {channel.actor_id[:8]} died while running this call ({why}); {after}",
+                             actor_id=channel.actor_id)
+        for call in calls:
+            self._finish(call, P.TaskResult(call.spec.task_id, error=encode_system_error(err)))
 
     def _fail_all(self, channel: ActorChannel) -> None:
         calls = list(channel.in_flight.values()) + list(channel.queue)
@@ -220,8 +241,7 @@ class ActorCaller:
                 call.retries_left -= 1
                 channel.queue.appendleft(call)
             else:
-                self._fail_call(call, channel, "; it died while running this call (set max_task_retries "
-                                "to retry calls on a restarted actor)")
+                channel.orphaned.append(call)
         self._ask_state(channel)
 
     def on_worker_died(self, msg: P.WorkerDied) -> None:
@@ -244,4 +264,9 @@ class ActorCaller:
                 return
 
     def handle_released(self, actor_id: str) -> None:
+        """The last handle went away: the actor ends once the calls made through it are done."""
+        channel = self.channels.get(actor_id)
+        if channel is not None and channel.state != "DEAD" and (channel.queue or channel.in_flight):
+            channel.release_when_idle = True
+            return
         self.session.node.send(P.ActorHandleReleased(actor_id))

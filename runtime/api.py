@@ -21,7 +21,7 @@ from . import session as session_module
 log = logging.getLogger("nebula")
 _lock = threading.RLock()
 _state: dict = {"cluster": None, "args": None}
-_CLUSTER_SHAPING = ("num_cpus", "num_gpus", "resources", "object_store_memory")
+_CLUSTER_SHAPING = ("num_cpus", "num_gpus", "resources", "object_store_memory", "num_nodes")
 
 
 class ClusterInfo(dict):
@@ -40,11 +40,13 @@ class ClusterInfo(dict):
 
 def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=None, object_store_memory=None,
          namespace: str | None = None, runtime_env: dict | None = None, ignore_reinit_error: bool = True,
-         logging_level=logging.INFO, token: str | None = None, _node_config: dict | None = None, **unsupported):
+         logging_level=logging.INFO, token: str | None = None, num_nodes: int | None = None,
+         _node_config: dict | None = None, **unsupported):
     """Connect to (or start) a cluster; see the module docstring for how it is found."""
     _reject_unsupported(unsupported)
     args = dict(address=address, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
-                object_store_memory=object_store_memory, namespace=namespace, runtime_env=runtime_env)
+                object_store_memory=object_store_memory, namespace=namespace, runtime_env=runtime_env,
+                num_nodes=num_nodes)
     with _lock:
         if session_module.current_session_or_none() is not None:
             return _reinit(args, ignore_reinit_error)
@@ -130,7 +132,8 @@ def _start_embedded(args: dict, logging_level, node_config):
     from .local_cluster import start_local_cluster
     from .session import Session
     cluster = start_local_cluster(args["num_cpus"], args["num_gpus"], args["resources"],
-                                  args["object_store_memory"], logging_level, node_config)
+                                  args["object_store_memory"], logging_level, node_config,
+                                  num_nodes=args.get("num_nodes") or 1)
     try:
         session = Session(cluster.address, cluster.token, namespace=args.get("namespace") or "")
     except BaseException:
@@ -144,7 +147,13 @@ def _cluster_info(session) -> ClusterInfo:
     cluster = _state["cluster"]
     return ClusterInfo(address=session.address, node_id=session.node_id, session_dir=session.session_dir,
                        resources=dict(session.config.get("resources", {})),
-                       embedded=cluster is not None, job_id=session.job_id)
+                       embedded=cluster is not None, job_id=session.job_id,
+                       tcp_address=cluster.tcp_address if cluster is not None else "")
+
+
+def local_cluster():
+    """The LocalCluster this process started with init() (None when it joined one)."""
+    return _state["cluster"]
 
 
 def _auto_init():

@@ -24,26 +24,67 @@ READY_TIMEOUT = 30.0
 
 
 class LocalCluster:
-    """A node agent this process started (and will stop)."""
+    """Node agents this process started (and will stop): the first is the head."""
 
-    def __init__(self, popen, session_dir: str, address: str, token: bytes):
+    def __init__(self, popen, session_dir: str, address: str, token: bytes, tcp_address: str = ""):
         self.popen, self.session_dir, self.address, self.token = popen, session_dir, address, token
+        self.tcp_address = tcp_address
+        self.extra_nodes: list = []
+
+    @property
+    def token_file(self) -> str:
+        return os.path.join(self.session_dir, "token")
+
+    def add_node(self, num_cpus=None, num_gpus=None, resources=None, object_store_memory=None) -> str:
+        """Start one more node agent on this machine that joins this (multi-node) cluster."""
+        if not self.tcp_address:
+            raise RuntimeError("this cluster was started single-node; start it with num_nodes >= 2 (or "
+                               "multi_node=True) to add nodes")
+        index = len(self.extra_nodes) + 2
+        node_dir = os.path.join(self.session_dir, f"n{index}")
+        for sub in ("", "logs", "spill"):
+            os.makedirs(os.path.join(node_dir, sub), mode=0o700, exist_ok=True)
+        config = _node_config(node_dir, num_cpus, num_gpus, resources, object_store_memory, logging.INFO)
+        config.update({"tcp_host": "127.0.0.1", "join": self.tcp_address, "prestart_workers": 0})
+        popen = _spawner().spawn([sys.executable, "-m", "nebula.node_main"], _node_env(config, self.token), node_dir)
+        _wait_ready(popen, node_dir)
+        self.extra_nodes.append(popen)
+        return node_dir
 
     def stop(self) -> None:
+        for popen in self.extra_nodes:
+            terminate_tree(popen, timeout=3.0)
         terminate_tree(self.popen, timeout=3.0)
 
 
+def _node_env(config: dict, token: bytes) -> dict:
+    env = {**os.environ, "NEBULA_NODE_CONFIG": json.dumps(config), "NEBULA_TOKEN": token.decode()}
+    env.pop("NEBULA_TOKEN_FILE", None)
+    return env
+
+
 def start_local_cluster(num_cpus=None, num_gpus=None, resources=None, object_store_memory=None,
-                        logging_level=logging.INFO, extra_config: dict | None = None) -> LocalCluster:
+                        logging_level=logging.INFO, extra_config: dict | None = None,
+                        num_nodes: int = 1, multi_node: bool = False) -> LocalCluster:
+    """Start a head node agent (and ``num_nodes - 1`` more joining it) on this machine."""
+    if not isinstance(num_nodes, int) or num_nodes < 1:
+        raise ValueError(f"num_nodes must be a positive integer, got {num_nodes!r}")
     session_dir = new_session_dir()
     token = write_token_file(os.path.join(session_dir, "token"))
     config = _node_config(session_dir, num_cpus, num_gpus, resources, object_store_memory, logging_level)
+    if num_nodes > 1 or multi_node:
+        config.update({"tcp_host": "127.0.0.1", "tcp_port": 0})
     config.update(extra_config or {})
-    env = {**os.environ, "NEBULA_NODE_CONFIG": json.dumps(config), "NEBULA_TOKEN": token.decode()}
-    env.pop("NEBULA_TOKEN_FILE", None)
-    popen = _spawner().spawn([sys.executable, "-m", "nebula.node_main"], env, session_dir)
-    address = _wait_ready(popen, session_dir)
-    return LocalCluster(popen, session_dir, address, token)
+    popen = _spawner().spawn([sys.executable, "-m", "nebula.node_main"], _node_env(config, token), session_dir)
+    address, tcp_address = _wait_ready(popen, session_dir)
+    cluster = LocalCluster(popen, session_dir, address, token, tcp_address)
+    try:
+        for _ in range(num_nodes - 1):
+            cluster.add_node(num_cpus, num_gpus, resources, object_store_memory)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
 
 
 def _node_config(session_dir, num_cpus, num_gpus, resources, object_store_memory, logging_level) -> dict:
@@ -62,13 +103,15 @@ def _prestart_env() -> list:
     return [runtime_env_key(env), pickle.dumps(env).hex()]
 
 
-def _wait_ready(popen, session_dir: str) -> str:
+def _wait_ready(popen, session_dir: str) -> tuple[str, str]:
     ready = os.path.join(session_dir, "ready")
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         if os.path.exists(ready):
             with open(ready) as f:
-                return f.read().strip()
+                lines = f.read().split("\n")
+            if len(lines) >= 2:
+                return lines[0], lines[1]
         if popen.poll() is not None:
             raise RuntimeError(f"the Nebula node agent exited during start-up ({popen.returncode}); its log:\n"
                                + _log_tail(session_dir))

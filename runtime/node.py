@@ -61,6 +61,7 @@ class WorkerProc:
         self.lease: dict | None = None
         self.actor_id = ""
         self.blocked = False
+        self.tcp_address = ""
         self.started_at = time.time()
         self.dead = False
 
@@ -88,12 +89,20 @@ class NodeAgent:
         self.warned_worker_cap = False
         self.telemetry = NodeTelemetry()
         self.stopping = False
+        self.cluster = None
+        if self.config.get("tcp_host"):
+            from .node_cluster import ClusterLinks
+            self.cluster = ClusterLinks(self, self.config["tcp_host"], int(self.config.get("tcp_port", 0)),
+                                        self.config.get("join", ""), float(self.config.get("heartbeat_timeout", 3.0)))
 
     # ---- start-up ---------------------------------------------------------------------------
 
     async def serve(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._listen()
+        if self.cluster is not None:
+            self.cluster.listen()
+            await self.cluster.start()
         prestart = self.config.get("prestart_env")
         if prestart:
             env_key, env_bytes = prestart
@@ -111,19 +120,22 @@ class NodeAgent:
         os.chmod(path, 0o600)
         sock.listen(512)
         self.listener = sock
-        threading.Thread(target=self._accept_loop, name="nebula-accept", daemon=True).start()
+        threading.Thread(target=self._accept_loop, args=(sock,), name="nebula-accept", daemon=True).start()
 
-    def _accept_loop(self) -> None:
+    def _accept_loop(self, listener: socket.socket) -> None:
         while True:
             try:
-                conn, _ = self.listener.accept()
+                conn, _ = listener.accept()
             except OSError:
                 return
+            if conn.family == socket.AF_INET:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(target=self._handshake, args=(conn,), daemon=True).start()
 
     def _handshake(self, sock: socket.socket) -> None:
         try:
-            role = wire.server_handshake(sock, self.token, self.node_id, fds=[self.arena.fd])
+            fds = [self.arena.fd] if sock.family == socket.AF_UNIX else []
+            role = wire.server_handshake(sock, self.token, self.node_id, fds=fds)
         except Exception as exc:  # noqa: BLE001 - any bad peer only loses its own connection
             log.warning("refused a connection: %s", exc)
             sock.close()
@@ -135,7 +147,11 @@ class NodeAgent:
         client = Client(new_id(10), conn)
         self.clients[client.client_id] = client
         await conn.run(lambda msg: self._dispatch(client, msg))
-        self._client_gone(client)
+        if client.kind == "node":
+            self.clients.pop(client.client_id, None)
+            self.cluster.peer_lost(client)
+        else:
+            self._client_gone(client)
 
     # ---- message dispatch -------------------------------------------------------------------
 
@@ -152,7 +168,7 @@ class NodeAgent:
             a = self.actors
             table = self._table = {
                 P.RegisterClient: self._on_register, P.RequestLease: self._on_request_lease,
-                P.CancelLeaseRequest: lambda c, m: self.leases.cancel(c.client_id, m.request_id),
+                P.CancelLeaseRequest: self._on_cancel_lease_request,
                 P.ReturnLease: self._on_return_lease, P.WorkerBlocked: self._on_worker_blocked,
                 P.AllocObject: self._on_alloc, P.SealObject: self._on_seal,
                 P.DeclareObject: lambda c, m: self.objects.record(m.object_id, c.client_id),
@@ -163,8 +179,24 @@ class NodeAgent:
                 P.Unsubscribe: self._on_unsubscribe, P.Events: lambda c, m: self._publish(m.events),
                 P.CreateActor: a.on_create, P.WaitActor: a.on_wait, P.GetNamedActor: a.on_get_named,
                 P.KillActor: a.on_kill, P.ActorReady: a.on_ready, P.ActorHandleReleased: a.on_handle_released,
+                P.ClientGone: lambda c, m: self.objects.drop_client(m.client_id),
+                P.LeaseInfeasible: lambda c, m: None,
             }
+            if self.cluster is not None:
+                table.update(self._cluster_handlers())
         return table
+
+    def _cluster_handlers(self) -> dict:
+        c = self.cluster
+        return {P.NodeHello: c.on_node_hello, P.NodeHeartbeat: c.on_heartbeat, P.ClusterView: c.on_view,
+                P.ObjectsSealed: c.on_objects_sealed, P.ObjectsFreed: c.on_objects_freed,
+                P.WhereIs: c.on_where_is, P.ObjectAt: c.on_object_at, P.PullObject: c.on_pull,
+                P.ObjectChunk: c.on_chunk, P.LeaseGranted: c.on_forwarded_grant,
+                P.WorkerDied: lambda peer, m: c.relay_worker_died(m)}
+
+    def exit_now(self) -> None:
+        self.stop_workers()
+        os._exit(1)
 
     def _on_register(self, client: Client, msg: P.RegisterClient) -> None:
         client.kind, client.pid, client.namespace = msg.kind, msg.pid, msg.namespace
@@ -172,6 +204,7 @@ class NodeAgent:
         if msg.worker_id and msg.worker_id in self.workers:
             worker = self.workers[msg.worker_id]
             worker.client, client.worker = client, worker
+            worker.tcp_address = msg.tcp_address
             self.starting[(worker.env_key, worker.dedicated)] -= 1
         client.conn.send(P.Registered(client.client_id, client.job_id, self.node_id, self.session_dir,
                                       self.arena.capacity, self.arena.backing, self._client_config()))
@@ -192,10 +225,53 @@ class NodeAgent:
     def _on_request_lease(self, client: Client, msg: P.RequestLease) -> None:
         request = LeaseRequest(client.client_id, msg.request_id, dict(msg.shape), msg.env_key,
                                msg.runtime_env, msg.strategy)
-        if not self.pool.feasible(request.shape):
+        request.forwarded, request.preferred_node = msg.forwarded, msg.preferred_node
+        log.debug("lease request %s/%d shape=%s strategy=%s preferred=%s forwarded=%s", client.client_id,
+                  msg.request_id, msg.shape, msg.strategy, msg.preferred_node[:8], msg.forwarded)
+        if self.cluster is not None and not msg.forwarded and self._route_elsewhere(client, request, msg):
+            return
+        if not self.pool.feasible(request.shape) and (self.cluster is None or msg.forwarded
+                                                      or not self.cluster.feasible_somewhere(request.shape)):
             self._warn_infeasible(client, request)
         self.leases.add(request)
         self._schedule()
+
+    def _route_elsewhere(self, client: Client, request: LeaseRequest, msg: P.RequestLease) -> bool:
+        """Affinity, SPREAD and locality decisions that send a request to another node."""
+        target = ""
+        if msg.strategy == "NODE_AFFINITY" and msg.node_affinity != self.node_id:
+            alive = {n.node_id for n in self.cluster.alive_nodes()}
+            if msg.node_affinity in alive:
+                target = msg.node_affinity
+            elif not msg.soft:
+                from .exceptions import NodeDiedError
+                from .session import encode_system_error
+                err = NodeDiedError(f"node {msg.node_affinity} is not alive in this cluster; use soft=True to run "
+                                    "elsewhere when it is gone", node_id=msg.node_affinity)
+                client.conn.send(P.LeaseFailed(msg.request_id, encode_system_error(err)))
+                return True
+        elif msg.strategy == "SPREAD":
+            target = self._spread_target(request)
+        elif request.preferred_node and request.preferred_node != self.node_id:
+            target = self.cluster.spill_target(request)
+            target = target if target == request.preferred_node else ""
+        if target:
+            self.cluster.forward(request, target)
+            return True
+        return False
+
+    def _spread_target(self, request: LeaseRequest) -> str:
+        nodes = sorted(n.node_id for n in self.cluster.alive_nodes()
+                       if all(n.resources_total.get(k, 0.0) >= v for k, v in request.shape.items()))
+        if not nodes:
+            return ""
+        self.spread_turn = getattr(self, "spread_turn", -1) + 1
+        chosen = nodes[self.spread_turn % len(nodes)]
+        return "" if chosen == self.node_id else chosen
+
+    def _on_cancel_lease_request(self, client: Client, msg: P.CancelLeaseRequest) -> None:
+        if not self.leases.cancel(client.client_id, msg.request_id) and self.cluster is not None:
+            self.cluster.cancel_forwarded(client.client_id, msg.request_id)
 
     def _warn_infeasible(self, client: Client, request: LeaseRequest) -> None:
         text = (f"a task needs resources no node has ({self.pool.shortfall(request.shape)}); it stays "
@@ -223,7 +299,18 @@ class NodeAgent:
             if request.client not in self.leases.turn:
                 self.leases.turn.append(request.client)
             self._ensure_worker_starting(request.env_key, request.runtime_env, wanted[request.env_key])
+        if self.cluster is not None:
+            self._spill_waiting()
         self.actors.schedule()
+
+    def _spill_waiting(self) -> None:
+        """Requests that cannot run here now go to nodes with free resources (spillback)."""
+        for request in list(self.leases.pending()):
+            if request.forwarded or self.pool.fits(request.shape):
+                continue
+            target = self.cluster.spill_target(request)
+            if target and self.leases.cancel(request.client, request.request_id):
+                self.cluster.forward(request, target)
 
     def _idle_worker(self, env_key: str) -> WorkerProc | None:
         for worker in self.workers.values():
@@ -255,11 +342,15 @@ class NodeAgent:
         worker.lease = {"lease_id": new_id(8), "client": request.client, "shape": request.shape,
                         "gpus": gpus, "granted_at": time.time()}
         client = self.clients.get(request.client)
+        address = worker.tcp_address if client.kind == "node" else worker.address
+        log.debug("grant %s/%d -> worker %s at %s", request.client, request.request_id, worker.worker_id, address)
         client.conn.send(P.LeaseGranted(request.request_id, worker.lease["lease_id"], worker.worker_id,
-                                        worker.address, worker.popen.pid, self.node_id, gpus))
+                                        address, worker.popen.pid, self.node_id, gpus))
         self.emit("worker", worker.worker_id, "LEASED", client=request.client, pid=worker.popen.pid)
 
     def _on_return_lease(self, client: Client, msg: P.ReturnLease) -> None:
+        if self.cluster is not None and self.cluster.return_remote_lease(msg.lease_id):
+            return
         for worker in self.workers.values():
             if worker.lease and worker.lease["lease_id"] == msg.lease_id:
                 self._end_lease(worker)
@@ -306,6 +397,8 @@ class NodeAgent:
         user_env = pickle.loads(runtime_env) if runtime_env else {}
         env.update(user_env.get("env_vars") or {})
         env.update(thread_limit_env(1, env))
+        if self.cluster is not None:
+            env["NEBULA_TCP_HOST"] = self.cluster.tcp_host
         env.update({"NEBULA_NODE_ADDRESS": self.address, "NEBULA_WORKER_ID": worker_id,
                     "NEBULA_SESSION_DIR": self.session_dir, "NEBULA_TOKEN": self.token.decode(),
                     "NEBULA_WORKER_ENV": runtime_env.hex()})
@@ -398,13 +491,20 @@ class NodeAgent:
             client.conn.send(P.RefsAck(msg.request_id))
 
     def _on_remove_refs(self, client: Client, msg: P.RemoveRefs) -> None:
+        holder = msg.holder or client.client_id
         for object_id in msg.object_ids:
-            self.objects.remove_hold(object_id, msg.holder or client.client_id)
+            rec = self.objects.records.get(object_id)
+            if rec is not None and rec.holders.get(holder):
+                self.objects.remove_hold(object_id, holder)
+            elif self.cluster is not None and client.kind != "node":
+                self.cluster.forward_release(P.RemoveRefs([object_id]), holder)
 
     def _on_get_object(self, client: Client, msg: P.GetObject) -> None:
         rec = self.objects.record(msg.object_id)
         if rec.state == "PENDING":
             rec.waiters.append((client.client_id, msg.request_id, msg.pin))
+            if self.cluster is not None and rec.offset < 0:
+                self.cluster.locate(msg.object_id)
             return
         self._answer(rec, client, msg.request_id, msg.pin)
 
@@ -443,6 +543,8 @@ class NodeAgent:
                 worker.popen.kill()  # its owner is gone: whatever it runs is no longer wanted
         self._fail_orphaned_objects(client)
         self.actors.owner_gone(client.client_id)
+        if self.cluster is not None:
+            self.cluster.client_gone(client.client_id)
         if client.worker is not None and not client.worker.dead:
             client.worker.popen.kill()
         self._schedule()
@@ -457,6 +559,11 @@ class NodeAgent:
     # ---- state feed -------------------------------------------------------------------------
 
     def emit(self, kind: str, object_id: str, state: str, **fields) -> None:
+        if kind == "object" and self.cluster is not None:
+            if state == "SEALED":
+                self.cluster.object_sealed(object_id)
+            elif state == "FREED":
+                self.cluster.object_freed(object_id)
         if not self.subscribers():
             return
         fields.update(kind=kind, id=object_id, state=state, time=time.time(), node=self.node_id)

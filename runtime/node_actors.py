@@ -25,6 +25,7 @@ class ActorRecord:
         self.incarnation = 0
         self.no_restart = False
         self.reason = ""
+        self.last_death = ""
         self.waiters: set[str] = set()
         self.held = False
 
@@ -151,6 +152,7 @@ class ActorDirectory:
         record.restarts += 1
         record.incarnation += 1
         record.state = "RESTARTING"
+        record.last_death = f"its process died: {description}"
         log.warning("actor %s died (%s); restarting (%d of %s)", record.msg.class_name, description,
                     record.restarts, "inf" if limit == INFINITE else limit)
         self._notify(record)
@@ -184,8 +186,9 @@ class ActorDirectory:
 
     def _info(self, record: ActorRecord, request_id: int = 0) -> P.ActorInfo:
         address = record.worker.address if record.worker is not None and record.state == "ALIVE" else ""
+        reason = record.reason or (record.last_death if record.state == "RESTARTING" else "")
         return P.ActorInfo(request_id, record.actor_id, record.state, address, record.incarnation,
-                           record.reason, record.msg.class_name)
+                           reason, record.msg.class_name)
 
     def _notify(self, record: ActorRecord) -> None:
         info = self._info(record)

@@ -35,8 +35,9 @@ async def _serve(agent: NodeAgent, session_dir: str) -> None:
     task = asyncio.get_running_loop().create_task(agent.serve())
     while not getattr(agent, "_ready", False):
         await asyncio.sleep(0.005)
+    tcp = agent.cluster.tcp_address if agent.cluster is not None else ""
     with open(os.path.join(session_dir, "ready"), "w") as f:
-        f.write(agent.address)
+        f.write(f"{agent.address}\n{tcp}\n")
     await task
 
 

@@ -58,6 +58,8 @@ class LeaseRequest:
     runtime_env: bytes = b""
     strategy: str = "DEFAULT"
     warned: bool = False
+    forwarded: bool = False
+    preferred_node: str = ""
 
 
 class LeaseQueue:

@@ -7,7 +7,7 @@ import time
 def node_snapshot(node) -> dict:
     return {
         "time": time.time(),
-        "nodes": [_node_record(node)],
+        "nodes": _nodes(node),
         "workers": [_worker_record(w) for w in node.workers.values()],
         "objects": node.objects.snapshot(node.node_id),
         "actors": node.actors.snapshot(),
@@ -15,6 +15,17 @@ def node_snapshot(node) -> dict:
                     for c in node.clients.values()],
         "pending_leases": len(node.leases),
     }
+
+
+def _nodes(node) -> list[dict]:
+    own = _node_record(node)
+    if node.cluster is None:
+        return [own]
+    others = [n for n in node.cluster.snapshot_nodes() if n["node_id"] != node.node_id]
+    for other in others:
+        other["store"] = {"capacity": 0, "objects": 0, "spilled": 0, "spilled_bytes": 0, "pinned": 0,
+                          "in_memory": 0, **other["store"]}
+    return [own] + others
 
 
 def _node_record(node) -> dict:

@@ -54,6 +54,7 @@ class RegisterClient(Msg):
     worker_id: str = ""
     job_id: str = ""
     namespace: str = ""
+    tcp_address: str = ""
 
 
 class Registered(Msg):
@@ -74,6 +75,8 @@ class RequestLease(Msg):
     strategy: str = "DEFAULT"
     node_affinity: str = ""
     soft: bool = True
+    preferred_node: str = ""
+    forwarded: bool = False
 
 
 class LeaseGranted(Msg):
@@ -307,6 +310,7 @@ class TaskReturn(Msg):
     inline: bytes = b""
     in_store: bool = False
     size: int = 0
+    node_id: str = ""
 
 
 class TaskResult(Msg):
@@ -327,6 +331,73 @@ class OutputLines(Msg):
     prefix: str
     stream: str
     lines: list
+
+
+# ---- node <-> node (membership, forwarded leases, object transfer) -----------------------
+
+class NodeHello(Msg):
+    node_id: str
+    address: str
+    resources: dict
+    incarnation: str
+
+
+class NodeHeartbeat(Msg):
+    available: dict
+    store_used: int = 0
+
+
+class NodeInfo(Msg):
+    node_id: str
+    address: str
+    resources_total: dict
+    resources_available: dict
+    alive: bool
+    incarnation: str = ""
+    store_used: int = 0
+
+
+class ClusterView(Msg):
+    head_id: str
+    nodes: list[NodeInfo]
+
+
+class ObjectsSealed(Msg):
+    object_ids: list
+
+
+class ObjectsFreed(Msg):
+    object_ids: list
+
+
+class WhereIs(Msg):
+    request_id: int
+    object_id: str
+
+
+class ObjectAt(Msg):
+    request_id: int
+    object_id: str
+    node_id: str = ""
+    error: str = ""
+
+
+class PullObject(Msg):
+    pull_id: int
+    object_id: str
+
+
+class ObjectChunk(Msg):
+    pull_id: int
+    object_id: str
+    offset: int
+    total: int
+    data: bytes = b""
+    error: str = ""
+
+
+class ClientGone(Msg):
+    client_id: str
 
 
 MESSAGE_TYPES = tuple(Msg.__subclasses__())

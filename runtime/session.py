@@ -78,26 +78,36 @@ def decode_error(payload: bytes) -> BaseException:
     return restore_task_error(payload[1:])
 
 
+class _ReadyFuture(concurrent.futures.Future):
+    """A future that drops its callbacks once they ran: an owned entry's future lives as long
+    as the object, and callbacks holding ObjectRefs would otherwise keep it alive forever."""
+
+    def _invoke_callbacks(self):
+        super()._invoke_callbacks()
+        self._done_callbacks = []
+
+
 class ObjectEntry:
     """An object this process owns: pending, or ready inline / in the store, or failed."""
 
-    __slots__ = ("ready", "inline", "in_store", "error", "escaped", "task_id", "size")
+    __slots__ = ("ready", "inline", "in_store", "error", "escaped", "task_id", "size", "node")
 
     def __init__(self, task_id: str = ""):
-        self.ready = concurrent.futures.Future()
+        self.ready = _ReadyFuture()
         self.inline: bytes | None = None
         self.in_store = False
         self.error: bytes | None = None
         self.escaped = False
         self.task_id = task_id
         self.size = 0
+        self.node = ""
 
 
 class Session:
     """The client side of one process: see the module docstring."""
 
     def __init__(self, address: str, token: bytes, *, kind: str = "driver", worker_id: str = "",
-                 job_id: str = "", namespace: str = ""):
+                 job_id: str = "", namespace: str = "", tcp_address: str = ""):
         self.address, self.token, self.kind = address, token, kind
         self.pid = os.getpid()
         self.lock = threading.RLock()
@@ -119,7 +129,7 @@ class Session:
         self._thread.start()
         self._connect_node(address, token, kind)
         self.events = EventRecorder(self)
-        reg = self.request_sync(lambda rid: P.RegisterClient(kind, os.getpid(), worker_id, job_id, namespace), rid_field=False)
+        reg = self.request_sync(lambda rid: P.RegisterClient(kind, os.getpid(), worker_id, job_id, namespace, tcp_address), rid_field=False)
         self._apply_registration(reg)
         from .task_submitter import TaskSubmitter
         from .actor_caller import ActorCaller
@@ -297,7 +307,7 @@ class Session:
         else:
             self.escape(obj.contained)
             self.write_to_store(object_id, obj, self.client_id)
-            entry.in_store, entry.size = True, obj.total_size
+            entry.in_store, entry.size, entry.node = True, obj.total_size, self.node_id
         entry.ready.set_result(True)
         self.events.object_created(object_id, entry.size, entry.in_store)
         return ref
@@ -346,7 +356,7 @@ class Session:
         self.node.send(P.SealObject(object_id, []))
 
     def complete_object(self, object_id: str, *, inline: bytes | None = None, in_store: bool = False,
-                        size: int = 0, error: bytes | None = None) -> None:
+                        size: int = 0, error: bytes | None = None, node: str = "") -> None:
         """A task result arrived for ``object_id`` (I/O thread)."""
         entry = self.owned.get(object_id)
         if entry is None:
@@ -356,6 +366,7 @@ class Session:
         if entry.ready.done():
             return
         entry.inline, entry.in_store, entry.error, entry.size = inline, in_store, error, size
+        entry.node = node
         if entry.escaped and not in_store:
             self.publish_value(object_id, entry)
         entry.ready.set_result(True)

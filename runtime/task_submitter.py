@@ -104,7 +104,7 @@ class TaskSubmitter:
                              job_id, retriable=retriable)
         shape, strategy = self._shape_and_strategy(options)
         env, env_key = session.worker_env(options.runtime_env)
-        key = (tuple(sorted(shape.items())), env_key, strategy)
+        key = (tuple(sorted(shape.items())), env_key, strategy, "")
         task = PendingTask(spec, key, deps, nested, options, shape, strategy)
         task.env = env
         session.remember_context(task_id)
@@ -152,7 +152,19 @@ class TaskSubmitter:
             entry = self.session.owned.get(dep.hex())
             inline.append([dep.hex(), entry.inline if entry is not None and entry.inline else b""])
         task.spec.arg_refs = inline
+        preferred = self._preferred_node(task)
+        if preferred and task.strategy[0] == "DEFAULT":
+            task.key = task.key[:3] + (preferred,)
         self._enqueue(task)
+
+    def _preferred_node(self, task: PendingTask) -> str:
+        """The node holding the largest stored argument: run there so the data does not move."""
+        best, size = "", 0
+        for dep in task.deps:
+            entry = self.session.owned.get(dep.hex())
+            if entry is not None and entry.in_store and entry.node and entry.size > size:
+                best, size = entry.node, entry.size
+        return best
 
     def _dep_error(self, dep, src):
         entry = self.session.owned.get(dep.hex())
@@ -197,10 +209,10 @@ class TaskSubmitter:
         for _ in range(min(queued, MAX_LEASE_REQUESTS) - outstanding):
             rid = next(self.session.request_ids)
             self.lease_requests[rid] = key
-            shape, env_key, (kind, node, soft) = dict(key[0]), key[1], key[2]
+            shape, env_key, (kind, node, soft), preferred = dict(key[0]), key[1], key[2], key[3]
             env = self.queues[key][0].env
             self.session.node.send(P.RequestLease(rid, shape, env_key, pickle.dumps(env) if env else b"",
-                                                  kind, node, soft))
+                                                  kind, node, soft, preferred))
 
     def _cancel_lease_requests(self, key) -> None:
         for rid in [r for r, k in self.lease_requests.items() if k == key]:
@@ -301,7 +313,7 @@ class TaskSubmitter:
         else:
             for ret in msg.returns:
                 self.session.complete_object(ret.object_id, inline=ret.inline or None,
-                                             in_store=ret.in_store, size=ret.size)
+                                             in_store=ret.in_store, size=ret.size, node=ret.node_id)
         state = "FAILED" if msg.error else "FINISHED"
         self.session.events.task(msg.task_id, state, name=task.name, start=msg.start, end=msg.end)
         self.session.task_finished(msg.task_id, task.name, state, msg.start, msg.end, task.where)

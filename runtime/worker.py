@@ -60,6 +60,8 @@ class Worker:
     def _accept_loop(self, listener: socket.socket) -> None:
         while True:
             conn, _ = listener.accept()
+            if conn.family == socket.AF_INET:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(target=self._handshake, args=(conn,), daemon=True).start()
 
     def _handshake(self, sock: socket.socket) -> None:
@@ -150,6 +152,8 @@ class Worker:
 
     def _reply(self, conn: wire.Connection, result: P.TaskResult) -> None:
         self.session.post(conn.send, result)
+        if getattr(self, "exiting", False):  # after the reply, so the caller learns why it ends
+            self.session.send_node(P.KillActor(self.actor_id, True))
 
     def _run(self, spec: P.ExecuteTask, start: float) -> P.TaskResult:
         try:
@@ -207,7 +211,7 @@ class Worker:
             return P.TaskReturn(object_id, obj.to_bytes(), size=obj.total_size)
         self.session.escape(obj.contained)
         self.session.write_to_store(object_id, obj, spec.owner)
-        return P.TaskReturn(object_id, in_store=True, size=obj.total_size)
+        return P.TaskReturn(object_id, in_store=True, size=obj.total_size, node_id=self.session.node_id)
 
     # ---- actors -----------------------------------------------------------------------------
 
@@ -265,7 +269,7 @@ class Worker:
         self._reply(conn, result)
 
     def _exit_actor(self, spec: P.ExecuteTask, start: float) -> P.TaskResult:
-        self.session.send_node(P.KillActor(self.actor_id, True))
+        self.exiting = True
         err = ActorDiedError("the actor exited via exit_actor()", actor_id=self.actor_id)
         return P.TaskResult(spec.task_id, error=encode_system_error(err), start=start, end=time.time())
 
@@ -277,6 +281,14 @@ def bind_listener(address: str) -> socket.socket:
     os.chmod(address[5:], 0o600)
     sock.listen(128)
     return sock
+
+
+def bind_tcp_listener(host: str) -> tuple[socket.socket, str]:
+    """A TCP listener for owners on other nodes (multi-node clusters only)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((host, 0))
+    sock.listen(128)
+    return sock, f"{host}:{sock.getsockname()[1]}"
 
 
 def deserialize_function(data: bytes):

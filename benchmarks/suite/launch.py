@@ -3,6 +3,7 @@
 import os
 import signal
 import subprocess
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,20 +43,35 @@ def kill_group(process):
         pass
 
 
-def launch(argv, timeout_s):
-    """Run argv from the benchmarks folder; kill it at the timeout; reap anything it started."""
-    token = uuid.uuid4().hex
-    process = subprocess.Popen(
-        argv, cwd=BENCH_DIR, env=child_env(token), text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-    )
+def wait_or_kill(process, timeout_s):
+    """Wait for the command; kill its group at the timeout. True if it timed out."""
     try:
-        stdout, stderr = process.communicate(timeout=timeout_s)
-        timed_out = False
+        process.wait(timeout=timeout_s)
+        return False
     except subprocess.TimeoutExpired:
         kill_group(process)
-        stdout, stderr = process.communicate()
-        timed_out = True
-    finally:
-        left_behind = strays.reap(token)
-    return Finished(process.returncode, stdout, stderr, timed_out, left_behind)
+        process.wait()
+        return True
+
+
+def read_back(stream):
+    stream.seek(0)
+    return stream.read()
+
+
+def launch(argv, timeout_s):
+    """Run argv from the benchmarks folder; kill it at the timeout; reap anything it started.
+
+    Output goes to files, not pipes, so a leftover process holding them cannot stall the wait.
+    """
+    token = uuid.uuid4().hex
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(
+            argv, cwd=BENCH_DIR, env=child_env(token), text=True,
+            stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        try:
+            timed_out = wait_or_kill(process, timeout_s)
+        finally:
+            left_behind = strays.reap(token)
+        return Finished(process.returncode, read_back(out), read_back(err), timed_out, left_behind)

@@ -1,6 +1,7 @@
 """Runs one workload on one system in a fresh process and turns what it printed into a record."""
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -21,6 +22,7 @@ class Record:
     timed_out: bool = False
     wall_s: float = 0.0
     left_behind: int = 0
+    load_after: float = 0.0  # 1-minute load average when it ended: others' work skews numbers
 
     def as_json(self):
         return asdict(self)
@@ -52,4 +54,5 @@ def run_once(system, workload, repeat, quick, timeout_s):
         workload, system.name, repeat, ok=metrics is not None, metrics=metrics or {},
         error=None if metrics is not None else error_text(done, timeout_s),
         timed_out=done.timed_out, wall_s=time.monotonic() - start, left_behind=done.left_behind,
+        load_after=os.getloadavg()[0],
     )

@@ -1,0 +1,435 @@
+"""A node agent's part in a multi-node cluster: membership, forwarded leases, object transfer.
+
+    member ──NodeHello/NodeHeartbeat──► head ──ClusterView (every beat)──► every member
+    node A ──RequestLease(forwarded)──► node B ──LeaseGranted (B's worker, TCP)──► A ──► client
+    node A ──WhereIs──► head (object directory) ──ObjectAt(B)──► A ──PullObject──► B
+    B ──ObjectChunk × n (4 MiB each, flow-controlled)──► A: copy sealed in A's own store
+
+Data moves node to node, never through the head; the head is only asked *where*. A node
+that misses heartbeats for ``heartbeat_timeout`` seconds is marked dead and everyone stops
+sending it work; its running tasks fail over when their links break (owners retry them).
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
+
+from . import protocol as P
+from . import wire
+
+log = logging.getLogger("nebula.node.cluster")
+HEARTBEAT_INTERVAL = 0.5
+CHUNK = 4 * 2**20
+
+
+class ClusterLinks:
+    """See the module docstring. ``node`` is the NodeAgent this belongs to."""
+
+    def __init__(self, node, tcp_host: str, tcp_port: int, head_address: str, heartbeat_timeout: float):
+        self.node = node
+        self.tcp_host, self.tcp_port = tcp_host, tcp_port
+        self.head_address = head_address  # "" on the head itself
+        self.is_head = not head_address
+        self.heartbeat_timeout = heartbeat_timeout
+        self.tcp_address = ""
+        self.view: dict[str, P.NodeInfo] = {}
+        self.last_beat: dict[str, float] = {}
+        self.peers: dict[str, object] = {}
+        self.head_id = node.node_id if self.is_head else ""
+        self.forwarded: dict[int, object] = {}
+        self.remote_leases: dict[str, tuple[str, str, str]] = {}
+        self.locations: dict[str, set[str]] = {}
+        self.where_waiters: dict[str, list] = {}
+        self.pulls: dict[int, dict] = {}
+        self.ids = itertools.count(1)
+        self.incarnation = os.urandom(4).hex()
+
+    # ---- start-up ---------------------------------------------------------------------------
+
+    def listen(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.tcp_host, self.tcp_port))
+        sock.listen(512)
+        self.tcp_address = f"{self.tcp_host}:{sock.getsockname()[1]}"
+        self.view[self.node.node_id] = self._own_info()
+        threading.Thread(target=self.node._accept_loop, args=(sock,), name="nebula-accept-tcp", daemon=True).start()
+
+    async def start(self) -> None:
+        if not self.is_head:
+            await self._join_head()
+        self.node.loop.create_task(self._beat_loop())
+
+    async def _join_head(self) -> None:
+        peer = await self._open_peer(self.head_address, "head")
+        peer.conn.send(P.NodeHello(self.node.node_id, self.tcp_address, self.node.pool.total, self.incarnation))
+        self.head_link = peer
+
+    async def _open_peer(self, address: str, node_id: str):
+        loop = self.node.loop
+        sock, welcome, _fds = await loop.run_in_executor(None, wire.connect, address, self.node.token, "node")
+        conn = await wire.Connection.adopt(sock, f"node {address}")
+        from .node import Client
+        peer = Client(f"node:{welcome.node_id}", conn)
+        peer.kind, peer.peer_node = "node", welcome.node_id
+        self.peers[welcome.node_id] = peer
+        self.node.clients[peer.client_id] = peer
+        loop.create_task(self._run_peer(peer))
+        return peer
+
+    async def _run_peer(self, peer) -> None:
+        await peer.conn.run(lambda msg: self.node._dispatch(peer, msg))
+        self.node.clients.pop(peer.client_id, None)
+        self.peer_lost(peer)
+
+    def _own_info(self) -> P.NodeInfo:
+        return P.NodeInfo(self.node.node_id, self.tcp_address, dict(self.node.pool.total),
+                          dict(self.node.pool.available), True, self.incarnation, self.node.objects.allocator.used)
+
+    # ---- membership -------------------------------------------------------------------------
+
+    def on_node_hello(self, peer, msg: P.NodeHello) -> None:
+        peer.kind, peer.peer_node = "node", msg.node_id
+        self.peers[msg.node_id] = peer
+        self.view[msg.node_id] = P.NodeInfo(msg.node_id, msg.address, msg.resources, msg.resources, True,
+                                            msg.incarnation)
+        self.last_beat[msg.node_id] = time.monotonic()
+        self.node.emit("node", msg.node_id, "ALIVE", address=msg.address, resources=msg.resources)
+        log.info("node %s joined from %s", msg.node_id[:8], msg.address)
+        self._broadcast_view()
+
+    def on_heartbeat(self, peer, msg: P.NodeHeartbeat) -> None:
+        info = self.view.get(peer.peer_node)
+        if info is None or not info.alive:
+            return
+        info.resources_available, info.store_used = dict(msg.available), msg.store_used
+        self.last_beat[peer.peer_node] = time.monotonic()
+
+    def on_view(self, peer, msg: P.ClusterView) -> None:
+        self.head_id = msg.head_id
+        dead = [n.node_id for n in msg.nodes if not n.alive and self.view.get(n.node_id, n).alive]
+        self.view = {n.node_id: n for n in msg.nodes}
+        self.view[self.node.node_id] = self._own_info()
+        for node_id in dead:
+            self._node_dead(node_id)
+        self.node._schedule()
+
+    async def _beat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            self.view[self.node.node_id] = self._own_info()
+            if self.is_head:
+                self._expire_members()
+                self._broadcast_view()
+            elif getattr(self, "head_link", None) is not None and not self.head_link.conn.closed:
+                self.head_link.conn.send(P.NodeHeartbeat(dict(self.node.pool.available),
+                                                         self.node.objects.allocator.used))
+
+    def _expire_members(self) -> None:
+        now = time.monotonic()
+        for node_id, info in self.view.items():
+            if node_id != self.node.node_id and info.alive and now - self.last_beat.get(node_id, now) > self.heartbeat_timeout:
+                info.alive = False
+                log.warning("node %s missed heartbeats for %.1f s: marked dead", node_id[:8], self.heartbeat_timeout)
+                self._node_dead(node_id)
+
+    def _broadcast_view(self) -> None:
+        view = P.ClusterView(self.node.node_id, list(self.view.values()))
+        for node_id, peer in list(self.peers.items()):
+            if self.view.get(node_id) is not None and self.view[node_id].alive:
+                peer.conn.send(view)
+
+    def _node_dead(self, node_id: str) -> None:
+        self.node.emit("node", node_id, "DEAD")
+        peer = self.peers.pop(node_id, None)
+        if peer is not None:
+            peer.conn.close()
+        self._requeue_forwarded(node_id)
+        for locs in self.locations.values():
+            locs.discard(node_id)
+
+    def peer_lost(self, peer) -> None:
+        node_id = getattr(peer, "peer_node", "")
+        if self.peers.get(node_id) is peer:
+            del self.peers[node_id]
+        self._requeue_forwarded(node_id)
+        if not self.is_head and peer is getattr(self, "head_link", None):
+            self.node.loop.call_later(self.heartbeat_timeout, self._head_gone_check)
+
+    def _head_gone_check(self) -> None:
+        if self.head_link.conn.closed:
+            log.error("the head is gone; this node stops (its workers end with it)")
+            self.node.loop.call_later(self.node.config.get("head_grace", 2.0), self.node.exit_now)
+
+    def alive_nodes(self) -> list[P.NodeInfo]:
+        return [n for n in self.view.values() if n.alive]
+
+    # ---- forwarded leases -------------------------------------------------------------------
+
+    def spill_target(self, request, exclude_self: bool = True) -> str:
+        """A live node whose free resources fit ``request`` (its preferred node first), or ''."""
+        fits = lambda n: all(n.resources_available.get(k, 0.0) + 1e-9 >= v for k, v in request.shape.items())  # noqa: E731
+        candidates = [n for n in self.alive_nodes()
+                      if n.node_id != self.node.node_id and n.node_id in self.peers_or_view() and fits(n)]
+        preferred = [n for n in candidates if n.node_id == getattr(request, "preferred_node", "")]
+        chosen = (preferred or sorted(candidates, key=lambda n: -n.resources_available.get("CPU", 0.0)))
+        return chosen[0].node_id if chosen else ""
+
+    def peers_or_view(self) -> set[str]:
+        return set(self.view)
+
+    def feasible_somewhere(self, shape: dict) -> bool:
+        return any(all(n.resources_total.get(k, 0.0) + 1e-9 >= v for k, v in shape.items())
+                   for n in self.alive_nodes())
+
+    def forward(self, request, node_id: str) -> None:
+        info = self.view[node_id]
+        for key, value in request.shape.items():  # optimistic: do not send everything to one node
+            info.resources_available[key] = info.resources_available.get(key, 0.0) - value
+        self.node.loop.create_task(self._forward(request, node_id))
+
+    async def _forward(self, request, node_id: str) -> None:
+        peer = await self.peer(node_id)
+        if peer is None:
+            self.node.leases.add(request)
+            return
+        fid = next(self.ids)
+        log.debug("forward %s/%d to node %s as %d", request.client, request.request_id, node_id[:8], fid)
+        self.forwarded[fid] = (request, node_id)
+        peer.conn.send(P.RequestLease(fid, request.shape, request.env_key, request.runtime_env, "DEFAULT",
+                                      forwarded=True))
+
+    async def peer(self, node_id: str):
+        peer = self.peers.get(node_id)
+        if peer is not None and not peer.conn.closed:
+            return peer
+        info = self.view.get(node_id)
+        if info is None or not info.alive:
+            return None
+        try:
+            return await self._open_peer(info.address, node_id)
+        except Exception as exc:  # noqa: BLE001 - unreachable node: treated as unavailable
+            log.warning("cannot reach node %s at %s: %s", node_id[:8], info.address, exc)
+            return None
+
+    def on_forwarded_grant(self, peer, msg: P.LeaseGranted) -> bool:
+        entry = self.forwarded.pop(msg.request_id, None)
+        if entry is None:
+            peer.conn.send(P.ReturnLease(msg.lease_id))
+            return True
+        request, node_id = entry
+        client = self.node.clients.get(request.client)
+        if client is None:
+            peer.conn.send(P.ReturnLease(msg.lease_id))
+            return True
+        log.debug("relay grant %d -> %s/%d", msg.request_id, request.client, request.request_id)
+        self.remote_leases[msg.lease_id] = (node_id, request.client, msg.worker_id, request.shape)
+        client.conn.send(P.LeaseGranted(request.request_id, msg.lease_id, msg.worker_id, msg.address, msg.pid,
+                                        msg.node_id, msg.gpu_ids))
+        return True
+
+    def return_remote_lease(self, lease_id: str) -> bool:
+        entry = self.remote_leases.pop(lease_id, None)
+        if entry is None:
+            return False
+        info = self.view.get(entry[0])
+        if info is not None:  # optimistic, until its next heartbeat says otherwise
+            for key, value in entry[3].items():
+                info.resources_available[key] = info.resources_available.get(key, 0.0) + value
+        peer = self.peers.get(entry[0])
+        if peer is not None:
+            peer.conn.send(P.ReturnLease(lease_id))
+        return True
+
+    def relay_worker_died(self, msg: P.WorkerDied) -> None:
+        for lease_id, (node_id, client_id, worker_id, _shape) in list(self.remote_leases.items()):
+            if worker_id == msg.worker_id:
+                del self.remote_leases[lease_id]
+                client = self.node.clients.get(client_id)
+                if client is not None:
+                    client.conn.send(msg)
+
+    def cancel_forwarded(self, client_id: str, request_id: int) -> None:
+        for fid, (request, node_id) in list(self.forwarded.items()):
+            if request.client == client_id and request.request_id == request_id:
+                del self.forwarded[fid]
+                peer = self.peers.get(node_id)
+                if peer is not None:
+                    peer.conn.send(P.CancelLeaseRequest(fid))
+
+    def _requeue_forwarded(self, node_id: str) -> None:
+        for fid, (request, target) in list(self.forwarded.items()):
+            if target == node_id:
+                del self.forwarded[fid]
+                self.node.leases.add(request)
+        for lease_id, entry in list(self.remote_leases.items()):
+            if entry[0] == node_id:
+                del self.remote_leases[lease_id]
+
+    # ---- object directory (head) and transfers ----------------------------------------------
+
+    def object_sealed(self, object_id: str) -> None:
+        if self.is_head:
+            self._located(object_id, self.node.node_id)
+        elif getattr(self, "head_link", None) is not None:
+            self.head_link.conn.send(P.ObjectsSealed([object_id]))
+
+    def object_freed(self, object_id: str) -> None:
+        if self.is_head:
+            self.locations.get(object_id, set()).discard(self.node.node_id)
+        elif getattr(self, "head_link", None) is not None:
+            self.head_link.conn.send(P.ObjectsFreed([object_id]))
+
+    def on_objects_sealed(self, peer, msg: P.ObjectsSealed) -> None:
+        for object_id in msg.object_ids:
+            self._located(object_id, peer.peer_node)
+
+    def on_objects_freed(self, peer, msg: P.ObjectsFreed) -> None:
+        for object_id in msg.object_ids:
+            locs = self.locations.get(object_id)
+            if locs is not None:
+                locs.discard(peer.peer_node)
+                if not locs:
+                    del self.locations[object_id]
+
+    def _located(self, object_id: str, node_id: str) -> None:
+        self.locations.setdefault(object_id, set()).add(node_id)
+        for peer, request_id in self.where_waiters.pop(object_id, []):
+            peer.conn.send(P.ObjectAt(request_id, object_id, node_id))
+        if node_id != self.node.node_id and object_id in self.where_waiters_local():
+            self.start_pull(object_id, node_id)
+
+    def where_waiters_local(self) -> set:
+        return getattr(self, "_local_wanted", set())
+
+    def on_where_is(self, peer, msg: P.WhereIs) -> None:
+        locs = [n for n in self.locations.get(msg.object_id, ()) if self.view.get(n) and self.view[n].alive]
+        if locs:
+            peer.conn.send(P.ObjectAt(msg.request_id, msg.object_id, locs[0]))
+        else:
+            self.where_waiters.setdefault(msg.object_id, []).append((peer, msg.request_id))
+
+    def locate(self, object_id: str) -> None:
+        """A local reader wants an object this node does not hold: find it and pull it."""
+        wanted = self.__dict__.setdefault("_local_wanted", set())
+        if object_id in wanted:
+            return
+        wanted.add(object_id)
+        if self.is_head:
+            locs = [n for n in self.locations.get(object_id, ()) if n != self.node.node_id]
+            if locs:
+                self.start_pull(object_id, locs[0])
+        elif getattr(self, "head_link", None) is not None:
+            self.head_link.conn.send(P.WhereIs(0, object_id))
+
+    def on_object_at(self, peer, msg: P.ObjectAt) -> None:
+        if msg.node_id and msg.node_id != self.node.node_id:
+            self.start_pull(msg.object_id, msg.node_id)
+
+    def start_pull(self, object_id: str, node_id: str) -> None:
+        rec = self.node.objects.records.get(object_id)
+        if rec is not None and (rec.offset >= 0 or rec.state != "PENDING"):
+            self.__dict__.get("_local_wanted", set()).discard(object_id)
+            return  # it arrived here meanwhile
+        self.node.loop.create_task(self._pull(object_id, node_id))
+
+    async def _pull(self, object_id: str, node_id: str) -> None:
+        if any(p["object_id"] == object_id for p in self.pulls.values()):
+            return  # one transfer serves every concurrent reader
+        peer = await self.peer(node_id)
+        if peer is None:
+            self._pull_failed(object_id, f"the node holding it ({node_id[:8]}) is unreachable")
+            return
+        pull_id = next(self.ids)
+        log.debug("pull %s from node %s", object_id[:10], node_id[:8])
+        self.pulls[pull_id] = {"object_id": object_id, "node": node_id, "offset": -1}
+        peer.conn.send(P.PullObject(pull_id, object_id))
+
+    def on_pull(self, peer, msg: P.PullObject) -> None:
+        self.node.loop.create_task(self._send_object(peer, msg))
+
+    async def _send_object(self, peer, msg: P.PullObject) -> None:
+        objects = self.node.objects
+        rec = objects.records.get(msg.object_id)
+        if rec is None or rec.state != "SEALED" or (rec.spilled and objects.restore(rec)):
+            peer.conn.send(P.ObjectChunk(msg.pull_id, msg.object_id, 0, 0, error="not held here"))
+            return
+        holder = f"pull:{msg.pull_id}"
+        objects.pin(rec, holder)
+        try:
+            await self._stream_chunks(peer, msg, rec)
+        finally:
+            objects.unpin(rec.object_id, holder)
+
+    async def _stream_chunks(self, peer, msg: P.PullObject, rec) -> None:
+        view = self.node.objects.view
+        for start in range(0, max(rec.size, 1), CHUNK):
+            end = min(rec.size, start + CHUNK)
+            peer.conn.send(P.ObjectChunk(msg.pull_id, rec.object_id, start, rec.size,
+                                         bytes(view[rec.offset + start:rec.offset + end])))
+            peer.conn._flush()
+            await peer.conn.writer.drain()
+        self.node.emit("object", rec.object_id, "TRANSFERRED", size=rec.size, to=peer.peer_node)
+
+    def on_chunk(self, peer, msg: P.ObjectChunk) -> None:
+        pull = self.pulls.get(msg.pull_id)
+        if pull is None:
+            return
+        if msg.error:
+            del self.pulls[msg.pull_id]
+            self._pull_failed(msg.object_id, msg.error)
+            return
+        if pull["offset"] < 0 and not self._begin_copy(pull, msg):
+            return
+        view = self.node.objects.view
+        view[pull["offset"] + msg.offset:pull["offset"] + msg.offset + len(msg.data)] = msg.data
+        if msg.offset + len(msg.data) >= msg.total:
+            del self.pulls[msg.pull_id]
+            self._finish_copy(msg.object_id)
+
+    def _begin_copy(self, pull: dict, msg: P.ObjectChunk) -> bool:
+        result = self.node.objects.allocate(msg.object_id, msg.total, "")
+        if isinstance(result, str):
+            self._pull_failed(msg.object_id, result)
+            return False
+        self.node.arena.reserve(result, msg.total)
+        pull["offset"] = result
+        return True
+
+    def _finish_copy(self, object_id: str) -> None:
+        self.__dict__.get("_local_wanted", set()).discard(object_id)
+        rec = self.node.objects.seal(object_id, [])
+        if rec is not None:
+            self.node._answer_waiters(rec)
+
+    def _pull_failed(self, object_id: str, reason: str) -> None:
+        from .exceptions import ObjectLostError
+        from .session import encode_system_error
+        self.__dict__.get("_local_wanted", set()).discard(object_id)
+        err = ObjectLostError(object_id, f"could not fetch it from another node: {reason}")
+        self.node._answer_waiters(self.node.objects.fail(object_id, encode_system_error(err)))
+
+    def forward_release(self, msg: P.RemoveRefs, holder: str) -> None:
+        """An owner dropped an object that may live on other nodes: tell them."""
+        if self.is_head:
+            for object_id in msg.object_ids:
+                for node_id in list(self.locations.get(object_id, ())):
+                    peer = self.peers.get(node_id)
+                    if peer is not None and node_id != self.node.node_id:
+                        peer.conn.send(P.RemoveRefs([object_id], holder=holder))
+        elif getattr(self, "head_link", None) is not None:
+            self.head_link.conn.send(P.RemoveRefs(msg.object_ids, holder=holder))
+
+    def client_gone(self, client_id: str) -> None:
+        for peer in list(self.peers.values()):
+            peer.conn.send(P.ClientGone(client_id))
+
+    def snapshot_nodes(self) -> list[dict]:
+        return [{"node_id": n.node_id, "alive": n.alive, "address": n.address,
+                 "resources_total": dict(n.resources_total), "resources_available": dict(n.resources_available),
+                 "store": {"used": n.store_used}} for n in self.view.values()]

@@ -1,0 +1,248 @@
+"""The task graph's view model: tasks placed by dependency depth, state changes as patches.
+
+Layout is incremental and stable: a task's x is its dependency depth (one more than its
+deepest dependency already drawn, 0 without any) and its y the order it arrived in among
+tasks of that depth, so a drawn task never moves. Edges run from the task that returns an
+ObjectRef argument to the task that takes it. Past ``group_after`` tasks the model draws one
+node per function (or actor method) instead, with counts per state, and keeps only live
+tasks in memory from then on.
+
+    events ──► TaskGraphModel.apply ──► Update(stream=new tasks/edges, patch=state changes)
+"""
+from __future__ import annotations
+
+import collections
+import math
+
+from .tasks import (CANCELLED, DONE, FAILED, FINISHED, PENDING, RUNNING, STATES, WAITING, ActorDirectory,
+                    BoundedMap, duration_text, short, task_of_object, view_state)
+from .update import RowTable, Update
+
+NODE_COLUMNS = ("key", "x", "y", "name", "state", "kind", "node", "worker", "duration", "error", "counts",
+                "size")
+EDGE_COLUMNS = ("x0", "y0", "x1", "y1")
+TASK, ACTOR_CALL, FUNCTION, ACTOR_METHOD = "task", "actor call", "function", "actor method"
+KINDS = (TASK, ACTOR_CALL, FUNCTION, ACTOR_METHOD)
+TASK_SIZE = 9
+# A group shows the state that needs attention first: activity, then failures, then done.
+GROUP_STATE_ORDER = (RUNNING, WAITING, PENDING, FAILED, CANCELLED, FINISHED)
+
+
+class TaskInfo:
+    __slots__ = ("id", "name", "state", "actor", "deps", "start", "end")
+
+    def __init__(self, task_id: str, name: str, actor: str, deps: list):
+        self.id, self.name, self.actor, self.deps = task_id, name, actor, deps
+        self.state, self.start, self.end = PENDING, None, None
+
+
+class Group:
+    """All tasks of one function (or actor method) once the graph is grouped."""
+
+    __slots__ = ("name", "kind", "x", "y", "counts", "took", "timed", "error", "nodes", "workers", "dirty")
+
+    def __init__(self, name: str, kind: str, x: int, y: int):
+        self.name, self.kind, self.x, self.y = name, kind, x, y
+        self.counts: collections.Counter = collections.Counter()
+        self.took, self.timed, self.error = 0.0, 0, ""
+        self.nodes: set = set()
+        self.workers: set = set()
+        self.dirty = True
+
+    def row(self) -> dict:
+        total = sum(self.counts.values())
+        state = next((s for s in GROUP_STATE_ORDER if self.counts[s]), PENDING)
+        counts = " · ".join(f"{self.counts[s]} {s}" for s in STATES if self.counts[s])
+        mean = f"mean {duration_text(0.0, self.took / self.timed)}" if self.timed else ""
+        return {"state": state, "counts": counts, "duration": mean, "error": self.error,
+                "node": _several(self.nodes, "nodes"), "worker": _several(self.workers, "workers"),
+                "size": TASK_SIZE + 3 * math.log2(max(1, total))}
+
+
+class TaskGraphModel:
+    """Feed it ``nebula.state`` events; ``owner`` set keeps only the tasks that client submitted."""
+
+    def __init__(self, owner: str | None = None, group_after: int = 2000, memory: int = 20_000,
+                 edge_limit: int = 20_000):
+        self.owner, self.group_after = owner, group_after
+        self.table = RowTable(NODE_COLUMNS)
+        self.edges = RowTable(EDGE_COLUMNS, rollover=edge_limit)
+        self.tasks: dict[str, TaskInfo] = {}   # every drawn task; once grouped, live tasks only
+        self.actors = ActorDirectory()
+        self.arrivals: collections.Counter = collections.Counter()  # depth -> rows placed there
+        self.placed = BoundedMap(memory)          # task id -> (x, y) of its drawn node
+        self.waiting_edges = BoundedMap(memory)   # task id not drawn yet -> tasks that take its result
+        self.grouped = False
+        self.groups: dict[str, Group] = {}
+        self.group_of = BoundedMap(memory)        # task id -> its group's name
+        self.group_edges: set = set()
+        self.edge_limit = edge_limit
+
+    # ---- feeding ------------------------------------------------------------------------------
+
+    def apply(self, events) -> Update:
+        for event in events:
+            if event.kind == "task":
+                self._on_task(event)
+            elif event.kind == "actor":
+                self.actors.apply(event)
+        if not self.grouped and len(self.tasks) > self.group_after:
+            self._switch_to_groups()
+        if self.grouped:
+            self._refresh_groups()
+        update = Update()
+        update.add_table("tasks", self.table)
+        update.add_table("edges", self.edges)
+        return update
+
+    def columns(self) -> dict:
+        return {"tasks": self.table.columns(), "edges": self.edges.columns()}
+
+    def _on_task(self, event) -> None:
+        state = view_state(event)
+        if state is None:
+            return
+        task = self.tasks.get(event.id)
+        if task is None:
+            if self.grouped and event.id in self.group_of:
+                return  # a late event of a task already counted as done
+            task = self._new_task(event)
+            if task is None:
+                return
+        if self.grouped:
+            self._group_transition(task, event, state)
+        else:
+            self.table.set(task.id, **self._changes(task, event, state))
+        task.state = state
+
+    def _new_task(self, event) -> TaskInfo | None:
+        if self.owner is not None and event.get("owner") != self.owner:
+            return None
+        deps = list(dict.fromkeys(task_of_object(d) for d in event.get("deps") or ()))
+        task = TaskInfo(event.id, event.get("name") or "?", event.get("actor") or "", deps)
+        self.tasks[task.id] = task
+        if self.grouped:
+            self._join_group(task)
+        else:
+            self._place(task)
+        return task
+
+    def _changes(self, task: TaskInfo, event, state: str) -> dict:
+        changes = {"state": state}
+        if event.state == "RUNNING":
+            changes.update(self._where(task, event))
+        if state in DONE:
+            task.start, task.end = event.get("start"), event.get("end")
+            changes["duration"] = duration_text(task.start, task.end)
+            changes["error"] = event.get("error") or ""
+        return changes
+
+    def _where(self, task: TaskInfo, event) -> dict:
+        node, worker = event.get("node") or "", event.get("worker") or ""
+        if task.actor:
+            actor_node, actor_worker = self.actors.where(task.actor)
+            node, worker = node or actor_node, worker or actor_worker
+            return {"node": short(node), "worker": f"{short(worker)} ({self.actors.label(task.actor)})"}
+        return {"node": short(node), "worker": short(worker)}
+
+    # ---- one node per task ----------------------------------------------------------------------
+
+    def _place(self, task: TaskInfo) -> None:
+        depths = [self.placed[d][0] for d in task.deps if d in self.placed]
+        x = 1 + max(depths) if depths else 0
+        y = -self.arrivals[x]
+        self.arrivals[x] += 1
+        self.placed[task.id] = (x, y)
+        self.table.add(task.id, {"key": task.id, "x": x, "y": y, "name": task.name, "state": PENDING,
+                                 "kind": ACTOR_CALL if task.actor else TASK, "node": "", "worker": "",
+                                 "duration": "", "error": "", "counts": "", "size": TASK_SIZE})
+        for dep in task.deps:
+            if dep in self.placed:
+                self._edge(dep, task.id)
+            else:
+                self.waiting_edges.setdefault(dep, []).append(task.id)
+        for later in self.waiting_edges.pop(task.id, ()):
+            if later in self.placed:
+                self._edge(task.id, later)
+
+    def _edge(self, source: str, target: str) -> None:
+        (x0, y0), (x1, y1) = self.placed[source], self.placed[target]
+        self.edges.add((source, target), {"x0": x0, "y0": y0, "x1": x1, "y1": y1})
+
+    # ---- one node per function ------------------------------------------------------------------
+
+    def _switch_to_groups(self) -> None:
+        """Too many tasks to draw one by one: redraw as groups, keep live tasks only."""
+        self.grouped = True
+        self.arrivals.clear()
+        self.edges.reset(())
+        for task in self.tasks.values():
+            self._join_group(task)
+        self.tasks = {t.id: t for t in self.tasks.values() if t.state not in DONE}
+        self.placed.clear()
+        self.waiting_edges.clear()
+        self.table.reset((g.name, self._group_row(g)) for g in self.groups.values())
+
+    def _join_group(self, task: TaskInfo) -> None:
+        """Count ``task`` (in its current state) into its function's group, made and placed if new."""
+        dep_groups = [self.group_of[d] for d in task.deps if d in self.group_of]
+        group = self.groups.get(task.name)
+        if group is None:
+            depths = [self.groups[g].x for g in dep_groups]
+            x = 1 + max(depths) if depths else 0
+            group = self.groups[task.name] = Group(task.name, ACTOR_METHOD if task.actor else FUNCTION,
+                                                   x, -self.arrivals[x])
+            self.arrivals[x] += 1
+        self.group_of[task.id] = task.name
+        group.counts[task.state] += 1
+        group.dirty = True
+        for source in dep_groups:
+            self._group_edge(self.groups[source], group)
+
+    def _group_edge(self, source: Group, target: Group) -> None:
+        pair = (source.name, target.name)
+        if source is target or pair in self.group_edges or len(self.group_edges) >= self.edge_limit:
+            return
+        self.group_edges.add(pair)
+        self.edges.add(pair, {"x0": source.x, "y0": source.y, "x1": target.x, "y1": target.y})
+
+    def _group_row(self, group: Group) -> dict:
+        group.dirty = False
+        return {"key": group.name, "x": group.x, "y": group.y, "name": group.name, "kind": group.kind,
+                **group.row()}
+
+    def _group_transition(self, task: TaskInfo, event, state: str) -> None:
+        group = self.groups[self.group_of[task.id]]
+        group.counts[task.state] -= 1
+        group.counts[state] += 1
+        group.dirty = True
+        if event.state == "RUNNING":
+            where = self._where(task, event)
+            _remember(group.nodes, where["node"])
+            _remember(group.workers, where["worker"])
+        if state in DONE:
+            start, end = event.get("start"), event.get("end")
+            if start and end:
+                group.took, group.timed = group.took + max(0.0, end - start), group.timed + 1
+            group.error = event.get("error") or group.error
+            self.tasks.pop(task.id, None)
+
+    def _refresh_groups(self) -> None:
+        for group in self.groups.values():
+            if not group.dirty:
+                continue
+            if group.name in self.table:
+                self.table.set(group.name, **self._group_row(group))
+            else:
+                self.table.add(group.name, self._group_row(group))
+
+
+def _several(values: set, noun: str) -> str:
+    if len(values) == 1:
+        return next(iter(values))
+    return f"{len(values)} {noun}" if values else ""
+
+
+def _remember(values: set, value: str, limit: int = 64) -> None:
+    if value and len(values) < limit:
+        values.add(value)

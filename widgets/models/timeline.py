@@ -1,0 +1,123 @@
+"""The timeline's view model: a task stream per node and worker process (a Gantt chart, like Dask's).
+
+Each run of a task is one bar in its worker's lane, coloured by function. A bar appears when
+the task starts (its end following the clock while it runs) and is corrected to the
+worker's own start and end times when it finishes. Old bars roll over past ``rollover``.
+"""
+from __future__ import annotations
+
+import time
+
+from .tasks import (CANCELLED, DONE, FAILED, ActorDirectory, BoundedMap, duration_text, function_color, short,
+                    view_state)
+from .update import RowTable, Update
+
+COLUMNS = ("key", "lane", "start", "end", "name", "color", "outline", "alpha", "state", "node", "worker",
+           "duration")
+UNKNOWN_LANE = "unknown worker"
+OVERFLOW_LANE = ("", "more")
+FAILED_OUTLINE = "#de2d26"
+
+
+class TimelineModel:
+    """Feed it ``nebula.state`` events; ``owner`` set keeps only the tasks that client submitted."""
+
+    def __init__(self, owner: str | None = None, rollover: int = 5000, max_lanes: int = 512,
+                 memory: int = 20_000):
+        self.owner = owner
+        self.bars = RowTable(COLUMNS, rollover=rollover)
+        self.actors = ActorDirectory()
+        self.lanes: dict[tuple, str] = {}         # (node, pid) -> lane label, in order of appearance
+        self.max_lanes = max_lanes
+        self.tasks = BoundedMap(memory)           # task id -> (name, actor) of tasks this view shows
+        self.running: dict[str, tuple] = {}       # task id -> key of its open bar
+        self.runs = BoundedMap(memory)            # task id -> runs so far (retries get new bars)
+        self._lanes_changed = False
+
+    def apply(self, events, now: float | None = None) -> Update:
+        for event in events:
+            if event.kind == "task":
+                self._on_task(event)
+            elif event.kind == "actor":
+                self.actors.apply(event)
+        self._follow_clock(time.time() if now is None else now)
+        update = Update()
+        update.add_table("tasks", self.bars)
+        if self._lanes_changed:
+            update.props.update(self.props())
+            self._lanes_changed = False
+        return update
+
+    def columns(self) -> dict:
+        return {"tasks": self.bars.columns()}
+
+    def props(self) -> dict:
+        return {"lanes": list(self.lanes.values())}
+
+    def _on_task(self, event) -> None:
+        if event.state == "SUBMITTED":
+            if self.owner is None or event.get("owner") == self.owner:
+                self.tasks[event.id] = (event.get("name") or "?", event.get("actor") or "")
+            return
+        if event.id not in self.tasks:
+            if self.owner is not None:
+                return
+            self.tasks[event.id] = (event.get("name") or "?", event.get("actor") or "")
+        state = view_state(event)
+        if event.state == "RUNNING":
+            self._open_bar(event)
+        elif state in DONE:
+            self._close_bar(event, state)
+
+    def _open_bar(self, event) -> None:
+        name, actor = self.tasks[event.id]
+        run = self.runs.get(event.id, 0)
+        self.runs[event.id] = run + 1
+        key = (event.id, run)
+        self.running[event.id] = key
+        node, pid = self._where(event, actor)
+        self.bars.add(key, {"key": f"{event.id}:{run}", "lane": self._lane(node, pid, actor), "start": event.time * 1e3,
+                            "end": event.time * 1e3, "name": name, "color": function_color(name),
+                            "outline": function_color(name), "alpha": 0.5, "state": "running",
+                            "node": short(node), "worker": f"pid {pid}" if pid else "", "duration": ""})
+
+    def _close_bar(self, event, state: str) -> None:
+        start, end = event.get("start"), event.get("end")
+        key = self.running.pop(event.id, None)
+        if key is None or key not in self.bars:
+            if not (start and end):
+                return  # never started (cancelled or failed while queued): nothing ran
+            self._open_bar(event)
+            key = self.running.pop(event.id)
+        changes = {"state": state, "alpha": 0.9, "duration": duration_text(start, end)}
+        if start and end:
+            changes.update(start=start * 1e3, end=end * 1e3)
+        if state in (FAILED, CANCELLED):
+            changes["outline"] = FAILED_OUTLINE
+        self.bars.set(key, **changes)
+
+    def _follow_clock(self, now: float) -> None:
+        for key in self.running.values():
+            self.bars.set(key, end=now * 1e3)
+
+    def _where(self, event, actor: str) -> tuple[str, int | None]:
+        node, pid = event.get("node") or "", event.get("pid")
+        if actor:
+            info = self.actors.actors.get(actor) or {}
+            node, pid = node or info.get("node", ""), pid or info.get("pid")
+        return node, pid
+
+    def _lane(self, node: str, pid, actor: str) -> str:
+        if not node and not pid:
+            return self._new_lane(("", None), UNKNOWN_LANE)
+        who = f"{self.actors.label(actor)} pid {pid}" if actor else f"pid {pid}"
+        return self._new_lane((node, pid), f"{short(node)} · {who}")
+
+    def _new_lane(self, where: tuple, label: str) -> str:
+        if where in self.lanes:
+            return self.lanes[where]
+        if len(self.lanes) >= self.max_lanes and where != OVERFLOW_LANE:
+            return self._new_lane(OVERFLOW_LANE, "more workers")  # bounded: the rest share one lane
+        self.lanes[where] = label
+        self._lanes_changed = True
+        return label
