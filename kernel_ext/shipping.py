@@ -40,13 +40,15 @@ class Shipment:
         self.values += (value,)
 
 
-def ship_names(user_ns: dict, names, hidden: dict, big: int = BIG_VALUE) -> Shipment:
-    """The values of ``names`` that the notebook defines, ready to pass as task arguments."""
+def ship_names(user_ns: dict, names, hidden: dict, store_over: int = BIG_VALUE) -> Shipment:
+    """The values of ``names`` that the notebook defines, ready to pass as task arguments.
+
+    Values over ``store_over`` bytes are put into the object store (once) and travel as refs."""
     register_local_modules()
     shipment = Shipment()
     for name in sorted(names):
         if name in user_ns and not _is_ipython_helper(name, user_ns, hidden):
-            shipment.add(name, _prepared(name, user_ns[name], shipment, big))
+            shipment.add(name, _prepared(name, user_ns[name], shipment, store_over))
     return shipment
 
 
@@ -54,15 +56,16 @@ def _is_ipython_helper(name: str, user_ns: dict, hidden: dict) -> bool:
     return name in hidden and user_ns[name] is hidden[name]
 
 
-def _prepared(name: str, value, shipment: Shipment, big: int):
+def _prepared(name: str, value, shipment: Shipment, store_over: int):
     if isinstance(value, nebula.ObjectRef):
         return value
     size = pickled_size(name, value)
-    if size <= big:
+    if size <= store_over:
         return value
-    shipment.notes += (f"{name} ({_megabytes(size)}) goes to the cluster through the object store; to send it "
-                       f"once for many cells, bind {name}_ref = nebula.put({name}) and read {name}_ref in the "
-                       "cell (refs arrive as their values)",)
+    if size > BIG_VALUE:
+        shipment.notes += (f"{name} ({_megabytes(size)}) goes to the cluster through the object store; to "
+                           f"send it once for many cells, bind {name}_ref = nebula.put({name}) and read "
+                           f"{name}_ref in the cell (refs arrive as their values)",)
     return nebula.put(value)
 
 

@@ -94,6 +94,7 @@ def _connect(args: dict, token: str | None, logging_level, node_config):
     if address == "local" or (address is None and not os.environ.get("NEBULA_ADDRESS")):
         return _start_embedded(args, logging_level, node_config)
     target, token_bytes = _resolve_address(address, token)
+    target = _local_route(target)
     shaping = [k for k in _CLUSTER_SHAPING if args.get(k) is not None]
     if shaping:
         raise ValueError(f"{', '.join(shaping)} shape a new cluster and cannot be given when joining the existing "
@@ -112,6 +113,24 @@ def _resolve_address(address: str | None, token: str | None) -> tuple[str, bytes
     return address, read_token()
 
 
+def _local_route(address: str) -> str:
+    """Drivers use a node on their own machine (Unix socket, shared-memory store)."""
+    if address.startswith("unix:"):
+        return address
+    import json
+    from .session_files import current_cluster_file
+    try:
+        with open(current_cluster_file()) as f:
+            info = json.load(f)
+        if info.get("address") == address and info.get("unix_address"):
+            return info["unix_address"]
+    except (OSError, ValueError):
+        pass
+    raise NotImplementedError(
+        f"a driver needs a Nebula node on its own machine: run `nebula start --address {address}` here first, "
+        "then nebula.init(address='auto') (drivers without a local node are not supported yet)")
+
+
 def _auto_address(path: str) -> tuple[str, bytes]:
     import json
     from .session_files import read_token
@@ -121,7 +140,7 @@ def _auto_address(path: str) -> tuple[str, bytes]:
     except (OSError, ValueError):
         raise ConnectionError("address='auto' found no running cluster of yours on this machine: start one "
                               "with `nebula start --head`, or call nebula.init() for an embedded one") from None
-    return info["address"], read_token(info["token_file"])
+    return info.get("unix_address") or info["address"], read_token(info["token_file"])
 
 
 def _driver_env(args: dict) -> dict:

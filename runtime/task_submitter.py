@@ -83,6 +83,7 @@ class TaskSubmitter:
         self.lease_requests: dict[int, tuple] = {}
         self.links: dict[str, WorkerLink] = {}
         self.death_info: dict[str, str] = {}
+        self.awaiting_death: dict[str, list] = {}  # worker id -> leases whose tasks wait for why it died
         self.durations: dict[str, float] = {}
         self.result_handlers: dict[str, object] = {}
         self._options_cache: dict[int, tuple] = {}
@@ -370,13 +371,17 @@ class TaskSubmitter:
         if lease.worker_id in self.death_info:
             self._worker_failed(lease)
         else:
+            self.awaiting_death.setdefault(lease.worker_id, []).append(lease)
             self.session.loop.call_later(DEATH_INFO_WAIT, self._worker_failed, lease)
 
     def on_worker_died(self, msg: P.WorkerDied) -> None:
         self.death_info[msg.worker_id] = msg.description
+        for lease in self.awaiting_death.pop(msg.worker_id, ()):
+            self._worker_failed(lease)  # the later timer finds nothing left in flight
         self.session.actors.on_worker_died(msg)
 
     def _worker_failed(self, lease: Lease) -> None:
+        self.awaiting_death.pop(lease.worker_id, None)
         desc = self.death_info.get(lease.worker_id, "the connection to it was lost (exit status unknown)")
         tasks, lease.in_flight = list(lease.in_flight.values()), {}
         for task in tasks:

@@ -1,6 +1,7 @@
 """nebula.util on a real cluster: ActorPool, the multiprocessing.Pool drop-in, and Queue."""
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import time
@@ -154,8 +155,8 @@ def test_pool_maps_equal_builtin_map(pool):
 def test_pool_imap_ordered_and_unordered(pool):
     assert list(pool.imap(square, range(20), chunksize=3)) == [x * x for x in range(20)]
     assert list(pool.imap(square, (x for x in range(5)))) == [0, 1, 4, 9, 16]
-    unordered = list(pool.imap_unordered(nap_then_return, [0.4, 0.0, 0.0, 0.0]))
-    assert sorted(unordered) == [0.0, 0.0, 0.0, 0.4] and unordered[-1] == 0.4
+    unordered = list(pool.imap_unordered(nap_then_return, [0.8, 0.0, 0.0, 0.0]))
+    assert sorted(unordered) == [0.0, 0.0, 0.0, 0.8] and unordered[-1] == 0.8
     with pytest.raises(ValueError, match="Chunksize"):
         pool.imap(square, [1], chunksize=0)
 
@@ -189,13 +190,13 @@ def test_pool_errors_keep_their_type(pool):
 
 
 def test_pool_async_result_timeout(pool):
-    slow = pool.apply_async(nap_then_return, (0.5,))
+    slow = pool.apply_async(nap_then_return, (1.0,))
     with pytest.raises(PoolTimeoutError):
         slow.get(timeout=0.05)
     assert not slow.ready()
     with pytest.raises(ValueError, match="not ready"):
         slow.successful()
-    assert slow.get(timeout=30) == 0.5
+    assert slow.get(timeout=30) == 1.0
 
 
 def test_pool_initializer_runs_in_every_process(cluster):
@@ -284,4 +285,6 @@ def test_queue_batches(cluster):
     assert q.get_nowait_batch(2) == [1, 2]
     with pytest.raises(TypeError):
         q.put_nowait_batch(5)
+    asyncio.run(q.put_async("x"))
+    assert asyncio.run(q.get_async(timeout=5)) == "x"
     q.shutdown(force=True)

@@ -61,6 +61,8 @@ class NodeResourcesModel:
     def _on_node(self, event) -> None:
         if event.id not in self.series:
             self.series[event.id] = RowTable(HISTORY_COLUMNS, rollover=self.history)
+            self._gauge(event.id, MEMORY, 0.0, "memory: waiting for the node's telemetry")
+            self._gauge(event.id, STORE, 0.0, "object store: waiting for the node's telemetry")
             self._factors_changed = True
         if event.state != "TELEMETRY":
             if event.get("store"):

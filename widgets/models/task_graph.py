@@ -80,7 +80,7 @@ class TaskGraphModel:
 
     # ---- feeding ------------------------------------------------------------------------------
 
-    def apply(self, events) -> Update:
+    def apply(self, events, now: float | None = None) -> Update:
         for event in events:
             if event.kind == "task":
                 self._on_task(event)
@@ -97,6 +97,9 @@ class TaskGraphModel:
 
     def columns(self) -> dict:
         return {"tasks": self.table.columns(), "edges": self.edges.columns()}
+
+    def props(self) -> dict:
+        return {}
 
     def _on_task(self, event) -> None:
         state = view_state(event)

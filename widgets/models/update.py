@@ -3,7 +3,8 @@
 A view applies an ``Update`` to each named source in this order: ``replace`` (new data for
 the whole source), else ``patch`` (cells of rows the browser already has, indexed as before
 this update), then ``stream`` (new rows appended, the oldest dropped past the source's
-rollover). ``props`` carries view settings that changed (axis factors, labels), by name.
+rollover, given per source in ``rollover``). ``props`` carries view settings that changed
+(axis factors, labels), by name.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ class Update:
     patch: dict[str, dict[str, list[tuple[int, Any]]]] = dataclasses.field(default_factory=dict)
     replace: dict[str, dict[str, list]] = dataclasses.field(default_factory=dict)
     props: dict[str, Any] = dataclasses.field(default_factory=dict)
+    rollover: dict[str, int] = dataclasses.field(default_factory=dict)  # source -> rows the browser keeps
 
     def __bool__(self) -> bool:
         return bool(self.stream or self.patch or self.replace or self.props)
@@ -33,6 +35,8 @@ class Update:
             self.patch[name] = patch
         if stream:
             self.stream[name] = stream
+            if table.rollover is not None:
+                self.rollover[name] = table.rollover
 
 
 class RowTable:
@@ -69,7 +73,7 @@ class RowTable:
         at = self.index.get(key)
         return None if at is None else self._row(at)
 
-    def set(self, key: Hashable, **values) -> None:
+    def set(self, key: Hashable, /, **values) -> None:
         at = self.index.get(key)
         if at is None:
             return

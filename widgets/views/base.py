@@ -1,0 +1,89 @@
+"""A live view: its pure models (the whole cluster, and one client's share) drawn from Bokeh sources.
+
+A view keeps one model per filter ("all", and "mine" once it knows this process's client
+id), feeds every model the same events, and shows the active one's updates. Switching
+filter or starting over replaces each source's data with the active model's ``columns()``.
+Only the thread or loop that owns the document calls these methods.
+"""
+from __future__ import annotations
+
+from bokeh.models import ColumnDataSource, LayoutDOM
+
+ALL, MINE = "all", "mine"
+
+
+class View:
+    title = ""
+    filterable = True  # False: the view shows node-wide figures the switch cannot split
+
+    def __init__(self):
+        self.mine = False
+        self.models = {ALL: self.make_model(None)}
+        self.sources: dict[str, ColumnDataSource] = {
+            name: ColumnDataSource(data) for name, data in self.models[ALL].columns().items()}
+        self.layout: LayoutDOM = self.build()
+        self.apply_props(self.models[ALL].props())
+
+    # ---- what each view defines ------------------------------------------------------------------
+
+    def make_model(self, owner: str | None):
+        raise NotImplementedError
+
+    def build(self) -> LayoutDOM:
+        raise NotImplementedError
+
+    def apply_props(self, props: dict) -> None:
+        """Axis factors, tick labels and the like changed (see the model's ``props()``)."""
+
+    def source_added(self, name: str, source: ColumnDataSource) -> None:
+        """A source the model named for the first time (a new node's history, say): draw it."""
+
+    # ---- driving ----------------------------------------------------------------------------------
+
+    @property
+    def active(self) -> str:
+        return MINE if self.mine and MINE in self.models else ALL
+
+    def reset(self, owner: str | None) -> None:
+        """Start over (a new connection): fresh models, ``owner`` being this process's client id."""
+        self.models = {ALL: self.make_model(None)}
+        if owner is not None and self.filterable:
+            self.models[MINE] = self.make_model(owner)
+        self._show_all()
+
+    def show_mine(self, mine: bool) -> None:
+        self.mine = mine
+        self._show_all()
+
+    def apply(self, events: list, now: float) -> None:
+        for which, model in self.models.items():
+            update = model.apply(events, now)
+            if which == self.active and update:
+                self._show(update)
+
+    def source(self, name: str) -> ColumnDataSource:
+        source = self.sources.get(name)
+        if source is None:
+            source = self.sources[name] = ColumnDataSource()
+            self.source_added(name, source)
+        return source
+
+    def _show(self, update) -> None:
+        for name, data in update.replace.items():
+            self.source(name).data = data
+        for name, patch in update.patch.items():
+            self.source(name).patch(patch)
+        for name, rows in update.stream.items():
+            self.source(name).stream(rows, rollover=update.rollover.get(name))
+        if update.props:
+            self.apply_props(update.props)
+
+    def _show_all(self) -> None:
+        model = self.models[self.active]
+        columns = model.columns()
+        for name, source in list(self.sources.items()):
+            if name not in columns:
+                source.data = {column: [] for column in source.data}
+        for name, data in columns.items():
+            self.source(name).data = data
+        self.apply_props(model.props())
