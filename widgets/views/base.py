@@ -61,20 +61,20 @@ class View:
             if which == self.active and update:
                 self._show(update)
 
-    def source(self, name: str) -> ColumnDataSource:
+    def source(self, name: str, columns=()) -> ColumnDataSource:
         source = self.sources.get(name)
         if source is None:
-            source = self.sources[name] = ColumnDataSource()
+            source = self.sources[name] = ColumnDataSource({column: [] for column in columns})
             self.source_added(name, source)
         return source
 
     def _show(self, update) -> None:
         for name, data in update.replace.items():
-            self.source(name).data = data
+            self.source(name, data).data = data
         for name, patch in update.patch.items():
             self.source(name).patch(patch)
         for name, rows in update.stream.items():
-            self.source(name).stream(rows, rollover=update.rollover.get(name))
+            self.source(name, rows).stream(rows, rollover=update.rollover.get(name))
         if update.props:
             self.apply_props(update.props)
 
@@ -85,5 +85,5 @@ class View:
             if name not in columns:
                 source.data = {column: [] for column in source.data}
         for name, data in columns.items():
-            self.source(name).data = data
+            self.source(name, data).data = data
         self.apply_props(model.props())
