@@ -39,6 +39,9 @@ class KernelIO:
 
     def stream(self, parent: dict, name: str, text: str) -> None:
         out = self.streams[name]
+        if not hasattr(out, "set_thread_parent"):  # ipykernel < 6.21: only the latest cell is reachable
+            out.write(text)
+            return
         token = out.set_thread_parent(parent)
         try:
             out.write(text)

@@ -24,13 +24,13 @@ from IPython.core.magic import Magics, cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 import nebula
-from nebula.exceptions import ActorDiedError, GetTimeoutError
+from nebula.exceptions import ActorDiedError, GetTimeoutError, TaskError
 from nebula.util import NodeAffinitySchedulingStrategy
 
-from .cell_analysis import CellAnalysis, analyse_cell
+from .cell_analysis import CellAnalysis, IPythonSyntaxInCell, analyse_cell
 from .cell_runner import CellActor, CellCode, run_cell
 from .node_groups import node_blocks
-from .shipping import BIG_VALUE, ship_names
+from .shipping import CellShippingError, ship_names
 
 TASK_NAME = "remote_cell"
 DEFAULT_OUTPUT = "_remote"
@@ -48,8 +48,8 @@ class RemoteCellTimeout(RemoteCellError, TimeoutError):
     """The cell did not finish within --timeout seconds; it was cancelled."""
 
 
-class RemoteCellSyntaxError(RemoteCellError, SyntaxError):
-    """The cell is not valid Python (or uses IPython-only syntax)."""
+class RemoteCellSyntaxError(RemoteCellError):
+    """The cell is not valid Python (or uses IPython-only syntax); the message shows where."""
 
     def _render_traceback_(self):
         return str(self).splitlines()
@@ -140,11 +140,13 @@ class RemoteMagics(Magics):
         """Run this cell on the Nebula cluster (see ``%%remote?``)."""
         args = parse_argstring(self.remote, line)
         request = check_request(args, cell, f"<remote In[{self.shell.execution_count}]>")
-        if request.all_nodes:
-            return self.run_on_all_nodes(request)
-        if request.actor:
-            return self.run_in_actor(request)
-        return self.run_as_task(request)
+        run = self.run_on_all_nodes if request.all_nodes else self.run_in_actor if request.actor else self.run_as_task
+        try:
+            return run(request)
+        except (TaskError, RemoteCellError, CellShippingError) as exc:
+            # Shown through _render_traceback_ (for a TaskError: the remote frames); dropping the local
+            # frames also stops IPython's sys.last_traceback from keeping this cell's refs alive.
+            raise exc.with_traceback(None) from None
 
     # ---- the three ways to run ------------------------------------------------------------------
 
@@ -187,7 +189,7 @@ class RemoteMagics(Magics):
 
     # ---- shared steps -----------------------------------------------------------------------------
 
-    def _ship(self, names, store_over: int = BIG_VALUE):
+    def _ship(self, names, store_over: int | None = None):
         shipment = ship_names(self.shell.user_ns, names, self.shell.user_ns_hidden, store_over)
         for note in shipment.notes:
             _note(note)
@@ -243,8 +245,10 @@ class RemoteMagics(Magics):
 def _analyse(request: CellRequest) -> CellAnalysis:
     try:
         return analyse_cell(request.source, request.filename)
+    except IPythonSyntaxInCell as exc:
+        raise RemoteCellSyntaxError(exc.msg) from None
     except SyntaxError as exc:
-        text = "".join(traceback.format_exception_only(type(exc), exc))
+        text = "".join(traceback.format_exception_only(SyntaxError, exc))
         raise RemoteCellSyntaxError(text.rstrip()) from None
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 import nebula
+import nebula.state
 from nebula.actor import ActorHandle
 from nebula.api import ClusterInfo
 
@@ -32,7 +33,6 @@ def unregister(shell) -> None:
 def _snapshot():
     if not nebula.is_initialized():
         return None
-    import nebula.state
     try:
         return nebula.state.snapshot()
     except Exception:  # noqa: BLE001 - a repr must not raise because the cluster went away

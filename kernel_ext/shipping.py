@@ -40,10 +40,12 @@ class Shipment:
         self.values += (value,)
 
 
-def ship_names(user_ns: dict, names, hidden: dict, store_over: int = BIG_VALUE) -> Shipment:
+def ship_names(user_ns: dict, names, hidden: dict, store_over: int | None = None) -> Shipment:
     """The values of ``names`` that the notebook defines, ready to pass as task arguments.
 
-    Values over ``store_over`` bytes are put into the object store (once) and travel as refs."""
+    Values over ``store_over`` bytes (default ``BIG_VALUE``) are put into the object store once
+    and travel as refs."""
+    store_over = BIG_VALUE if store_over is None else store_over
     register_local_modules()
     shipment = Shipment()
     for name in sorted(names):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import nebula
+import nebula.state
 
 from .tables import esc, resource_text, short_id, size, table
 
@@ -20,7 +21,7 @@ def holders_of_refs(user_ns: dict, hidden: dict) -> dict:
 
 
 def _is_user_variable(name: str, value, hidden: dict) -> bool:
-    cache_alias = name in ("_", "__", "___") or (name[:1] == "_" and name[1:].isdigit())
+    cache_alias = name in ("_", "__", "___", "Out", "_oh") or (name[:1] == "_" and name[1:].isdigit())
     return not cache_alias and not (name in hidden and hidden[name] is value)
 
 
@@ -96,5 +97,4 @@ class ClusterStatus:
 
 
 def cluster_status(user_ns: dict, hidden: dict) -> ClusterStatus:
-    import nebula.state
     return ClusterStatus(nebula.state.snapshot(), holders_of_refs(user_ns, hidden))

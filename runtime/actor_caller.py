@@ -169,7 +169,7 @@ class ActorCaller:
                 self.session.complete_object(ret.object_id, inline=ret.inline or None,
                                              in_store=ret.in_store, size=ret.size, node=ret.node_id)
         state = "FAILED" if msg.error else "FINISHED"
-        self.session.events.task(call.spec.task_id, state, name=call.spec.name, start=msg.start, end=msg.end)
+        self.session.events.task_ended(call.spec.task_id, state, call.spec.name, msg.start, msg.end, msg.error)
         self.session.task_finished(call.spec.task_id, call.spec.name, state, msg.start, msg.end,
                                    (self.session.node_id, 0))
 

@@ -44,6 +44,12 @@ class EventRecorder:
     def task(self, task_id: str, state: str, **fields) -> None:
         self.record("task", task_id, state, **fields)
 
+    def task_ended(self, task_id: str, state: str, name: str, start: float, end: float, error: bytes = b"") -> None:
+        """FINISHED or FAILED; a failure carries ``error``, one line naming what was raised."""
+        if self.enabled:
+            summary = {"error": error_summary(error)} if error else {}
+            self.task(task_id, state, name=name, start=start, end=end, **summary)
+
     def object_created(self, object_id: str, size: int, in_store: bool) -> None:
         self.record("object", object_id, "CREATED", size=size, in_store=in_store,
                     owner=self.session.client_id, node=self.session.node_id)
@@ -95,6 +101,20 @@ class EventRecorder:
                 batch = to_records(e for e in events if kinds is None or e.get("kind") in kinds)
                 if batch:
                     _call_safely(callback, batch)
+
+
+def error_summary(payload: bytes) -> str:
+    """'ValueError: boom' for an encoded task error (what the feed's FAILED events carry)."""
+    from .session import decode_error
+    try:
+        error = decode_error(payload)
+    except Exception as exc:  # noqa: BLE001 - a summary must never fail the task's completion
+        return f"an error that could not be decoded here ({type(exc).__name__})"
+    if getattr(error, "cause_cls_name", None):
+        line = f"{error.cause_cls_name}: {error.cause_text or ''}"
+    else:
+        line = f"{type(error).__name__}: {error}"
+    return line.strip().split("\n", 1)[0][:300]
 
 
 def _call_safely(callback, batch) -> None:

@@ -244,8 +244,17 @@ class WorkerCrashedError(NebulaError):
 
 # ---------------------------------------------------------------- remote tracebacks
 
-_NEBULA_DIRS = tuple({os.path.join(os.path.dirname(path), "")
-                      for path in (os.path.abspath(__file__), os.path.realpath(__file__))})
+def _package_dirs(path):
+    """The nebula package's folder; in a source checkout (pyproject's package-dir maps runtime/ to
+    nebula) nebula.kernel_ext and nebula.widgets live in folders beside it, and are nebula too."""
+    here = os.path.dirname(path)
+    siblings = ("kernel_ext", "widgets") if os.path.basename(here) == "runtime" else ()
+    return [here] + [os.path.join(os.path.dirname(here), name) for name in siblings]
+
+
+_NEBULA_DIRS = tuple({os.path.join(folder, "")
+                      for path in (os.path.abspath(__file__), os.path.realpath(__file__))
+                      for folder in _package_dirs(path)})
 
 
 def _in_nebula(filename):

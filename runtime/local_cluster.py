@@ -45,7 +45,7 @@ class LocalCluster:
         for sub in ("", "logs", "spill"):
             os.makedirs(os.path.join(node_dir, sub), mode=0o700, exist_ok=True)
         config = _node_config(node_dir, num_cpus, num_gpus, resources, object_store_memory, logging.INFO)
-        config.update({"tcp_host": "127.0.0.1", "join": self.tcp_address, "prestart_workers": 0})
+        config.update({"tcp_host": "127.0.0.1", "join": self.tcp_address})
         popen = _spawner().spawn([sys.executable, "-m", "nebula.node_main"], _node_env(config, self.token), node_dir)
         _wait_ready(popen, node_dir)
         self.extra_nodes.append(popen)

@@ -306,7 +306,7 @@ class NodeAgent:
     def _spill_waiting(self) -> None:
         """Requests that cannot run here now go to nodes with free resources (spillback)."""
         for request in list(self.leases.pending()):
-            if request.forwarded or self.pool.fits(request.shape):
+            if request.forwarded or request.strategy in ("NODE_AFFINITY", "SPREAD") or self.pool.fits(request.shape):
                 continue
             target = self.cluster.spill_target(request)
             if target and self.leases.cancel(request.client, request.request_id):

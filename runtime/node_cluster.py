@@ -96,8 +96,8 @@ class ClusterLinks:
     def on_node_hello(self, peer, msg: P.NodeHello) -> None:
         peer.kind, peer.peer_node = "node", msg.node_id
         self.peers[msg.node_id] = peer
-        self.view[msg.node_id] = P.NodeInfo(msg.node_id, msg.address, msg.resources, msg.resources, True,
-                                            msg.incarnation)
+        self.view[msg.node_id] = P.NodeInfo(msg.node_id, msg.address, dict(msg.resources), dict(msg.resources),
+                                            True, msg.incarnation)
         self.last_beat[msg.node_id] = time.monotonic()
         self.node.emit("node", msg.node_id, "ALIVE", address=msg.address, resources=msg.resources)
         log.info("node %s joined from %s", msg.node_id[:8], msg.address)
@@ -105,8 +105,13 @@ class ClusterLinks:
 
     def on_heartbeat(self, peer, msg: P.NodeHeartbeat) -> None:
         info = self.view.get(peer.peer_node)
-        if info is None or not info.alive:
+        if info is None:
             return
+        if not info.alive:  # it was only slow (or cut off and healed): take it back
+            log.warning("node %s is heartbeating again: marked alive", peer.peer_node[:8])
+            info.alive = True
+            self.peers[peer.peer_node] = peer
+            self.node.emit("node", peer.peer_node, "ALIVE", address=info.address)
         info.resources_available, info.store_used = dict(msg.available), msg.store_used
         self.last_beat[peer.peer_node] = time.monotonic()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
 import sys
 import termios
 import threading
@@ -38,11 +39,14 @@ class StreamCapture:
         threading.Thread(target=self._pump, name=f"nebula-{name}", daemon=True).start()
 
     def _pump(self) -> None:
+        poller = select.poll()
+        poller.register(self.read_fd, select.POLLIN)
         while True:
-            data = os.read(self.read_fd, 65536)
-            if not data:
-                return
-            with self.busy:
+            poller.poll()
+            with self.busy:  # read and forward as one step, so drain() never misses bytes in hand
+                data = os.read(self.read_fd, 65536)
+                if not data:
+                    return
                 os.write(self.log_fd, data)
                 self._split(data)
 

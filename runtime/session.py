@@ -546,6 +546,10 @@ class Session:
         self._thread.join(5)
         if getattr(self, "_materialize_pool", None) is not None:
             self._materialize_pool.shutdown(wait=False, cancel_futures=True)
+        if not self._thread.is_alive():
+            self.loop.close()
+        if self.arena is not None:
+            self.arena.close()  # the mapping itself stays while arrays from get() still use it
 
     async def _close_async(self) -> None:
         self.tasks.close()

@@ -61,7 +61,8 @@ class WorkerLink:
 
 
 class Lease:
-    __slots__ = ("lease_id", "worker_id", "key", "link", "in_flight", "pid", "node_id", "idle_timer", "dead")
+    __slots__ = ("lease_id", "worker_id", "key", "link", "in_flight", "pid", "node_id", "idle_timer", "dead",
+                 "dispatched")
 
     def __init__(self, msg: P.LeaseGranted, key, link: WorkerLink):
         self.lease_id, self.worker_id, self.key, self.link = msg.lease_id, msg.worker_id, key, link
@@ -69,6 +70,7 @@ class Lease:
         self.in_flight: dict[str, PendingTask] = {}
         self.idle_timer = None
         self.dead = False
+        self.dispatched = 0
 
 
 class TaskSubmitter:
@@ -187,7 +189,10 @@ class TaskSubmitter:
 
     def _has_room(self, lease: Lease, task: PendingTask) -> bool:
         """Queue behind busy work only when it and everything in flight there is known short:
-        a short task pipelined behind a long one would wait for it while other workers idle."""
+        a short task pipelined behind a long one would wait for it while other workers idle.
+        A SPREAD lease takes one task only, so every task is placed afresh."""
+        if lease.key[2][0] == "SPREAD":
+            return lease.dispatched == 0
         if not lease.in_flight:
             return True
         depth = min(self._depth(t) for t in (task, *lease.in_flight.values()))
@@ -195,11 +200,12 @@ class TaskSubmitter:
 
     def _pump(self, key) -> None:
         queue = self.queues.get(key)
-        for lease in self.leases.get(key, ()):
+        for lease in list(self.leases.get(key, ())):
             while queue and not lease.dead and self._has_room(lease, queue[0]):
                 self._dispatch(lease, queue.popleft())
-            if not lease.in_flight and not queue:
-                self._schedule_release(lease)
+            spent = key[2][0] == "SPREAD" and lease.dispatched
+            if not lease.in_flight and (not queue or spent):
+                self._schedule_release(lease, immediately=bool(spent))
         if queue:
             self._request_leases(key, len(queue))
         else:
@@ -246,13 +252,17 @@ class TaskSubmitter:
         while queue:
             self._fail(queue.popleft(), msg.error)
 
-    def _schedule_release(self, lease: Lease) -> None:
-        if lease.idle_timer is None:
+    def _schedule_release(self, lease: Lease, immediately: bool = False) -> None:
+        if immediately:
+            self._release_if_idle(lease, True)
+        elif lease.idle_timer is None:
             lease.idle_timer = self.session.loop.call_later(LEASE_IDLE_SECONDS, self._release_if_idle, lease)
 
-    def _release_if_idle(self, lease: Lease) -> None:
+    def _release_if_idle(self, lease: Lease, force: bool = False) -> None:
         lease.idle_timer = None
-        if lease.in_flight or self.queues.get(lease.key) or lease.dead:
+        if lease.in_flight or lease.dead or (self.queues.get(lease.key) and not force):
+            return
+        if lease not in self.leases.get(lease.key, ()):
             return
         self.leases[lease.key].remove(lease)
         self.session.node.send(P.ReturnLease(lease.lease_id))
@@ -268,6 +278,7 @@ class TaskSubmitter:
             link.functions_sent.add(spec.function_id)
             spec = _with_function(spec, self.functions[spec.function_id])
         lease.in_flight[task.spec.task_id] = task
+        lease.dispatched += 1
         task.lease = lease
         self.result_handlers[task.spec.task_id] = self._on_task_result
         link.conn.send(spec)
@@ -316,7 +327,7 @@ class TaskSubmitter:
                 self.session.complete_object(ret.object_id, inline=ret.inline or None,
                                              in_store=ret.in_store, size=ret.size, node=ret.node_id)
         state = "FAILED" if msg.error else "FINISHED"
-        self.session.events.task(msg.task_id, state, name=task.name, start=msg.start, end=msg.end)
+        self.session.events.task_ended(msg.task_id, state, task.name, msg.start, msg.end, msg.error)
         self.session.task_finished(msg.task_id, task.name, state, msg.start, msg.end, task.where)
 
     def _fail(self, task: PendingTask, error: bytes) -> None:

@@ -64,8 +64,10 @@ class NodeResourcesModel:
             self._gauge(event.id, MEMORY, 0.0, "memory: waiting for the node's telemetry")
             self._gauge(event.id, STORE, 0.0, "object store: waiting for the node's telemetry")
             self._factors_changed = True
+        if event.state == "DEAD":
+            self._gauge(event.id, MEMORY, 0.0, "node marked dead: it stopped sending heartbeats")
         if event.state != "TELEMETRY":
-            if event.get("store"):
+            if event.get("store", {}).get("capacity"):
                 self._gauge(event.id, STORE, *_store_gauge(event.get("store")))
             return
         self.latest[event.id] = dict(event.data)

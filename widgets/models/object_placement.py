@@ -4,11 +4,13 @@ Two tables: ``stores`` (one row per node: counts and bytes of primary copies, se
 copies and spilled objects, as percentages of the store's capacity) and ``cells`` (one cell
 per object copy in a per-node grid; a cell keeps its place until its object is freed, and
 the lowest free place is reused, so the grid never reshuffles). ``transfers`` draws a copy
-moving between nodes (TRANSFERRED events: ``node`` the destination, ``source`` the origin)
-for a few seconds.
+moving between nodes for a few seconds.
 
-Object events come from the node agents (SEALED, SPILLED, RESTORED, FREED carry the node);
-a client's own FREED (no node) only drops its reference and is ignored here.
+Object events come from the node agents: SEALED, SPILLED, RESTORED and FREED carry the
+node they happened on; TRANSFERRED comes from the node that sent a copy (``node``) and names
+the receiver (``to``), which then reports the copy SEALED. The first copy of an object is
+its primary, later ones secondary. A client's own FREED (no node) only drops its reference
+and is ignored here.
 """
 from __future__ import annotations
 
@@ -171,7 +173,7 @@ class ObjectPlacementModel:
         if event.state == "SEALED" or (event.state == "CREATED" and event.get("in_store")):
             self._sealed(event, node)
         elif event.state == "TRANSFERRED":
-            self._transferred(event, node)
+            self._transferred(event, source=node, destination=event.get("to") or "")
         elif event.state in ("SPILLED", "RESTORED"):
             self._spilled(event, node, event.state == "SPILLED")
         elif event.state == "FREED":
@@ -184,17 +186,13 @@ class ObjectPlacementModel:
             return  # seen already (the snapshot and the feed can both report it), or not shown
         self._add_copy(event.id, node, int(event.get("size") or 0), SECONDARY if copies else PRIMARY, owner)
 
-    def _transferred(self, event, node: str) -> None:
-        source = event.get("source") or ""
-        copies = self.objects.get(event.id, {})
-        origin = copies.get(source)
-        if origin is None and self.owner is not None and event.get("owner") != self.owner:
-            return
-        size = int(event.get("size") or (origin.size if origin else 0))
-        if node not in copies:
-            self._add_copy(event.id, node, size, SECONDARY, origin.owner if origin else event.get("owner") or "")
-        if source:
-            self._draw_transfer(event, source, node, size)
+    def _transferred(self, event, source: str, destination: str) -> None:
+        origin = self.objects.get(event.id, {}).get(source)
+        if origin is None or not destination:
+            return  # an object this view does not show (another client's, with the switch on)
+        if destination not in self.objects[event.id]:
+            self._add_copy(event.id, destination, origin.size, SECONDARY, origin.owner)
+        self._draw_transfer(event, source, destination, origin.size)
 
     def _spilled(self, event, node: str, spilled: bool) -> None:
         copy = self.objects.get(event.id, {}).get(node)

@@ -1,0 +1,125 @@
+"""Several node agents on one machine (each with its own store): placement, data plane, failures."""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+import nebula
+from nebula.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+
+@pytest.fixture(scope="module")
+def three_nodes():
+    nebula.shutdown()
+    nebula.init(address="local", num_nodes=3, num_cpus=1, object_store_memory="256MiB",
+                _node_config={"heartbeat_timeout": 3.0})
+    _wait_for_nodes(3)
+    yield [n["NodeID"] for n in nebula.nodes()]
+    nebula.shutdown()
+
+
+def _wait_for_nodes(count: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while sum(n["Alive"] for n in nebula.nodes()) < count:
+        assert time.monotonic() < deadline, f"only {nebula.nodes()} joined"
+        time.sleep(0.1)
+
+
+@nebula.remote
+def node_of(delay: float = 0.0):
+    time.sleep(delay)
+    return nebula.get_runtime_context().get_node_id()
+
+
+@nebula.remote
+def make_array(n: int):
+    return np.arange(n, dtype=np.float64)
+
+
+@nebula.remote
+def array_sum(a):
+    return float(a.sum()), nebula.get_runtime_context().get_node_id()
+
+
+def on(node_id: str, soft: bool = False):
+    return NodeAffinitySchedulingStrategy(node_id, soft=soft)
+
+
+def test_nodes_and_cluster_resources_cover_every_node(three_nodes):
+    assert len(three_nodes) == 3 and len(set(three_nodes)) == 3
+    assert nebula.cluster_resources()["CPU"] == 3
+
+
+def test_work_spills_over_to_nodes_with_free_cpus(three_nodes):
+    used = set(nebula.get([node_of.remote(1.0) for _ in range(8)], timeout=60))
+    assert len(used) >= 2
+
+
+def test_node_affinity_places_the_task_on_that_node(three_nodes):
+    for node_id in three_nodes:
+        assert nebula.get(node_of.options(scheduling_strategy=on(node_id)).remote(), timeout=30) == node_id
+
+
+def test_hard_affinity_to_an_unknown_node_fails(three_nodes):
+    ref = node_of.options(scheduling_strategy=on("f" * 28)).remote()
+    with pytest.raises(nebula.exceptions.NodeDiedError):
+        nebula.get(ref, timeout=30)
+
+
+def test_spread_uses_every_node(three_nodes):
+    refs = [node_of.options(scheduling_strategy="SPREAD").remote(0.2) for _ in range(3)]
+    assert set(nebula.get(refs, timeout=30)) == set(three_nodes)
+
+
+def test_objects_move_between_nodes_intact(three_nodes):
+    n = 3 * 2**20  # 24 MiB: several transfer chunks
+    source = make_array.options(scheduling_strategy=on(three_nodes[1])).remote(n)
+    total, where = nebula.get(array_sum.options(scheduling_strategy=on(three_nodes[2])).remote(source), timeout=60)
+    assert where == three_nodes[2]
+    assert total == float(np.arange(n, dtype=np.float64).sum())
+    local = nebula.get(source, timeout=60)  # the driver's node pulls it too
+    assert np.array_equal(local, np.arange(n, dtype=np.float64))
+
+
+def test_custom_resources_place_work_on_the_node_that_has_them(three_nodes):
+    nebula.shutdown()  # a fresh cluster whose second node alone has a custom resource
+    from nebula.local_cluster import start_local_cluster
+    cluster = start_local_cluster(num_cpus=1, multi_node=True)
+    try:
+        node_dir = cluster.add_node(num_cpus=1, resources={"fpga": 1})
+        os.environ["NEBULA_ADDRESS"], os.environ["NEBULA_TOKEN_FILE"] = cluster.address, cluster.token_file
+        nebula.init()
+        _wait_for_nodes(2)
+        fpga_node = next(n["NodeID"] for n in nebula.nodes() if n["Resources"].get("fpga"))
+        refs = [node_of.options(resources={"fpga": 1}).remote() for _ in range(3)]
+        assert set(nebula.get(refs, timeout=30)) == {fpga_node}
+        assert os.path.isdir(node_dir)
+    finally:
+        nebula.shutdown()
+        os.environ.pop("NEBULA_ADDRESS", None)
+        os.environ.pop("NEBULA_TOKEN_FILE", None)
+        cluster.stop()
+        nebula.init(address="local", num_nodes=3, num_cpus=1, object_store_memory="256MiB")
+        _wait_for_nodes(3)
+
+
+def test_killed_node_is_detected_and_its_tasks_retry_elsewhere():
+    nebula.shutdown()
+    nebula.init(address="local", num_nodes=2, num_cpus=2, _node_config={"heartbeat_timeout": 3.0})
+    try:
+        _wait_for_nodes(2)
+        refs = [node_of.options(max_retries=3).remote(1.0) for _ in range(8)]
+        time.sleep(0.5)
+        victim = nebula.api.local_cluster().extra_nodes[0]
+        victim.kill()
+        head = nebula.get_runtime_context().get_node_id()
+        assert set(nebula.get(refs, timeout=60)) == {head}
+        deadline = time.monotonic() + 10
+        while all(n["Alive"] for n in nebula.nodes()):
+            assert time.monotonic() < deadline, "the dead node was never marked dead"
+            time.sleep(0.2)
+    finally:
+        nebula.shutdown()

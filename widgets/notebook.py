@@ -1,0 +1,76 @@
+"""The notebook widgets: ``Dashboard()`` and the four views alone, as jupyter_bokeh widgets.
+
+Each widget is a ``BokehModel`` whose document belongs to its own ``DocumentThread``; the
+browser's messages are handed to that thread. jupyter_bokeh echoes every stream and patch
+the kernel sends back to the kernel, which would apply it twice: those echoes are dropped.
+"""
+from __future__ import annotations
+
+from jupyter_bokeh import BokehModel
+
+from .board import Board
+from .pump import DocumentThread
+from .views import NodeResourcesView, ObjectPlacementView, TaskGraphView, TimelineView
+
+ECHOED_EVENTS = ("ColumnsStreamed", "ColumnsPatched")
+UPDATE_PERIOD = 0.2
+
+
+class LiveWidget(BokehModel):
+    """A live board in a notebook; ``close()`` stops its updates and its subscription."""
+
+    def __init__(self, views: list, period: float = UPDATE_PERIOD, **kwargs):
+        self.board = Board(views, per_row=2 if len(views) > 1 else 1)
+        super().__init__(self.board.layout, **kwargs)
+        self.board.prime()
+        self._pump = DocumentThread(self.board.tick, period, name=f"nebula-{type(self).__name__}")
+        self._pump.start()
+
+    def _sync_model(self, model, content: dict, buffers: list) -> None:
+        if content.get("event") == "jsevent" and content.get("kind") in ECHOED_EVENTS:
+            return  # our own stream/patch coming back: the document has it already
+        self._pump.call(super()._sync_model, model, content, buffers)
+
+    def close(self) -> None:
+        pump, self._pump = getattr(self, "_pump", None), None
+        if pump is None:
+            return  # closed already (or never started)
+        pump.stop()
+        self.board.close()
+        super().close()
+
+
+class Dashboard(LiveWidget):
+    """Task graph, object placement, node resources and timeline of the cluster, live."""
+
+    def __init__(self, period: float = UPDATE_PERIOD, **kwargs):
+        super().__init__([TaskGraphView(), ObjectPlacementView(), NodeResourcesView(), TimelineView()], period,
+                         **kwargs)
+
+
+class TaskGraph(LiveWidget):
+    """Tasks coloured by state, ObjectRef dependencies as edges (grouped by function past ~2,000 tasks)."""
+
+    def __init__(self, period: float = UPDATE_PERIOD, **kwargs):
+        super().__init__([TaskGraphView()], period, **kwargs)
+
+
+class ObjectPlacement(LiveWidget):
+    """Per node, the objects its store holds (primary, secondary, spilled) against its capacity."""
+
+    def __init__(self, period: float = UPDATE_PERIOD, **kwargs):
+        super().__init__([ObjectPlacementView()], period, **kwargs)
+
+
+class NodeResources(LiveWidget):
+    """Per node, CPU per core, memory, object store and GPUs, with a rolling history."""
+
+    def __init__(self, period: float = UPDATE_PERIOD, **kwargs):
+        super().__init__([NodeResourcesView()], period, **kwargs)
+
+
+class Timeline(LiveWidget):
+    """A task stream per node and worker, coloured by function."""
+
+    def __init__(self, period: float = UPDATE_PERIOD, **kwargs):
+        super().__init__([TimelineView()], period, **kwargs)
