@@ -179,7 +179,7 @@ class NodeAgent:
                 P.Unsubscribe: self._on_unsubscribe, P.Events: lambda c, m: self._publish(m.events),
                 P.CreateActor: a.on_create, P.WaitActor: a.on_wait, P.GetNamedActor: a.on_get_named,
                 P.KillActor: a.on_kill, P.ActorReady: a.on_ready, P.ActorHandleReleased: a.on_handle_released,
-                P.ClientGone: lambda c, m: self.objects.drop_client(m.client_id),
+                P.ClientGone: self._on_remote_client_gone,
                 P.LeaseInfeasible: lambda c, m: None,
             }
             if self.cluster is not None:
@@ -192,7 +192,13 @@ class NodeAgent:
                 P.ObjectsSealed: c.on_objects_sealed, P.ObjectsFreed: c.on_objects_freed,
                 P.WhereIs: c.on_where_is, P.ObjectAt: c.on_object_at, P.PullObject: c.on_pull,
                 P.ObjectChunk: c.on_chunk, P.LeaseGranted: c.on_forwarded_grant,
-                P.WorkerDied: lambda peer, m: c.relay_worker_died(m)}
+                P.WorkerDied: lambda peer, m: c.relay_worker_died(m),
+                P.ActorHome: c.on_actor_home, P.ActorInfo: c.on_actor_info,
+                P.ActorCreateReply: lambda peer, m: None}
+
+    def _on_remote_client_gone(self, peer: Client, msg: P.ClientGone) -> None:
+        self.objects.drop_client(msg.client_id)
+        self.actors.owner_gone(msg.client_id)
 
     def exit_now(self) -> None:
         self.stop_workers()

@@ -52,10 +52,15 @@ class ActorDirectory:
                     f"an actor named {msg.name!r} already exists in namespace {msg.namespace!r}; use "
                     "nebula.get_actor(name) to reach it, or options(get_if_exists=True)")))
             return
-        record = self.actors[msg.actor_id] = ActorRecord(msg, client.client_id)
+        cluster = self.node.cluster
+        if cluster is not None and client.kind != "node" and cluster.place_actor_elsewhere(client, msg):
+            return
+        record = self.actors[msg.actor_id] = ActorRecord(msg, msg.owner or client.client_id)
         record.waiters.add(client.client_id)
         if msg.name:
             self.names[key] = msg.actor_id
+        if cluster is not None:
+            cluster.actor_home(msg)
         client.conn.send(P.ActorCreateReply(msg.actor_id))
         self._check_feasible(record, client)
         self.placing.append(record)
@@ -71,17 +76,21 @@ class ActorDirectory:
 
     def on_wait(self, client, msg: P.WaitActor) -> None:
         record = self.actors.get(msg.actor_id)
+        if record is None and self.node.cluster is not None and self.node.cluster.route_wait(client, msg):
+            return
         if record is None:
             client.conn.send(P.ActorInfo(msg.request_id, msg.actor_id, "DEAD",
                                          reason="no such actor on this cluster (it was never created here "
                                                 "or the cluster restarted)"))
             return
         record.waiters.add(client.client_id)
-        client.conn.send(self._info(record, msg.request_id))
+        client.conn.send(self._info(record, msg.request_id, remote=client.kind == "node"))
 
     def on_get_named(self, client, msg: P.GetNamedActor) -> None:
         actor_id = self.names.get((msg.namespace, msg.name))
         record = self.actors.get(actor_id) if actor_id else None
+        if record is None and self.node.cluster is not None and self.node.cluster.named_elsewhere(client, msg):
+            return
         if record is None or record.state == "DEAD":
             client.conn.send(P.NamedActorReply(msg.request_id, error=(
                 f"no live actor named {msg.name!r} in namespace {msg.namespace!r}")))
@@ -90,6 +99,9 @@ class ActorDirectory:
 
     def on_kill(self, client, msg: P.KillActor) -> None:
         record = self.actors.get(msg.actor_id)
+        if record is None and self.node.cluster is not None:
+            self.node.cluster.to_actor_home(msg.actor_id, msg)
+            return
         if record is None or record.state == "DEAD":
             return
         record.no_restart = record.no_restart or msg.no_restart
@@ -102,6 +114,9 @@ class ActorDirectory:
 
     def on_handle_released(self, client, msg: P.ActorHandleReleased) -> None:
         record = self.actors.get(msg.actor_id)
+        if record is None and self.node.cluster is not None:
+            self.node.cluster.to_actor_home(msg.actor_id, msg)
+            return
         if record is not None and not record.msg.name and not record.msg.detached:
             self.on_kill(client, P.KillActor(msg.actor_id, True))
             record.reason = "all handles to the actor went out of scope"
@@ -184,18 +199,26 @@ class ActorDirectory:
                 else:
                     self._mark_dead(record, record.reason)
 
-    def _info(self, record: ActorRecord, request_id: int = 0) -> P.ActorInfo:
-        address = record.worker.address if record.worker is not None and record.state == "ALIVE" else ""
+    def _info(self, record: ActorRecord, request_id: int = 0, remote: bool = False) -> P.ActorInfo:
+        worker = record.worker
+        address = (worker.tcp_address if remote else worker.address) if worker is not None and record.state == "ALIVE" else ""
         reason = record.reason or (record.last_death if record.state == "RESTARTING" else "")
         return P.ActorInfo(request_id, record.actor_id, record.state, address, record.incarnation,
                            reason, record.msg.class_name)
 
     def _notify(self, record: ActorRecord) -> None:
-        info = self._info(record)
         for client_id in list(record.waiters):
             client = self.node.clients.get(client_id)
             if client is not None:
-                client.conn.send(info)
+                client.conn.send(self._info(record, remote=client.kind == "node"))
+        if record.state == "DEAD" and self.node.cluster is not None:
+            self.node.cluster.actor_home(record.msg, dead=True)
+
+    def adopt_waiters(self, actor_id: str, client_ids: set[str]) -> None:
+        record = self.actors.get(actor_id)
+        if record is not None:
+            record.waiters |= client_ids
+            self._notify(record)
 
     def snapshot(self) -> list[dict]:
         return [{"actor_id": r.actor_id, "class_name": r.msg.class_name, "name": r.msg.name,

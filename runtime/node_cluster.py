@@ -48,6 +48,12 @@ class ClusterLinks:
         self.pulls: dict[int, dict] = {}
         self.ids = itertools.count(1)
         self.incarnation = os.urandom(4).hex()
+        self.actor_homes: dict[str, str] = {}
+        self.actor_waiters: dict[str, set[str]] = {}
+        self.actor_infos: dict[str, P.ActorInfo] = {}
+        self.pending_waits: dict[str, list] = {}
+        self.named: dict[tuple[str, str], tuple[str, bytes, bool]] = {}
+        self.placed_actors: dict[str, tuple] = {}  # actors this node placed elsewhere: (msg, creator, restarts left)
 
     # ---- start-up ---------------------------------------------------------------------------
 
@@ -151,6 +157,7 @@ class ClusterLinks:
 
     def _node_dead(self, node_id: str) -> None:
         self.node.emit("node", node_id, "DEAD")
+        self._actors_lost_with(node_id)
         peer = self.peers.pop(node_id, None)
         if peer is not None:
             peer.conn.close()
@@ -192,10 +199,14 @@ class ClusterLinks:
         return any(all(n.resources_total.get(k, 0.0) + 1e-9 >= v for k, v in shape.items())
                    for n in self.alive_nodes())
 
-    def forward(self, request, node_id: str) -> None:
+    def _reserve_in_view(self, node_id: str, shape: dict) -> None:
+        """Optimistic: count what we just sent there until its next heartbeat says otherwise."""
         info = self.view[node_id]
-        for key, value in request.shape.items():  # optimistic: do not send everything to one node
+        for key, value in shape.items():
             info.resources_available[key] = info.resources_available.get(key, 0.0) - value
+
+    def forward(self, request, node_id: str) -> None:
+        self._reserve_in_view(node_id, request.shape)
         self.node.loop.create_task(self._forward(request, node_id))
 
     async def _forward(self, request, node_id: str) -> None:
@@ -430,6 +441,141 @@ class ClusterLinks:
         elif getattr(self, "head_link", None) is not None:
             self.head_link.conn.send(P.RemoveRefs(msg.object_ids, holder=holder))
 
+    # ---- actors hosted on other nodes --------------------------------------------------------
+
+    def place_actor_elsewhere(self, client, msg: P.CreateActor) -> bool:
+        """Create the actor on another node when affinity says so or this node cannot host it."""
+        import msgspec
+        import types
+        if msg.node_affinity and msg.node_affinity != self.node.node_id:
+            target = msg.node_affinity if self.view.get(msg.node_affinity, None) and self.view[msg.node_affinity].alive else ""
+        elif self.node.pool.fits(msg.placement_shape):
+            return False
+        else:
+            target = self.spill_target(types.SimpleNamespace(shape=msg.placement_shape, preferred_node=""))
+        if not target or self._name_taken(client, msg):
+            return bool(target)
+        self._reserve_in_view(target, msg.placement_shape)
+        restarts = self.placed_actors.get(msg.actor_id, (None, None, msg.max_restarts))[2]
+        self.placed_actors[msg.actor_id] = (msg, client.client_id, restarts)
+        self.actor_homes[msg.actor_id] = target
+        self.actor_waiters.setdefault(msg.actor_id, set()).add(client.client_id)
+        self.node.loop.create_task(self._send_to_node(target, msgspec.structs.replace(msg, owner=client.client_id)))
+        client.conn.send(P.ActorCreateReply(msg.actor_id))
+        return True
+
+    def _name_taken(self, client, msg: P.CreateActor) -> bool:
+        entry = self.named.get((msg.namespace, msg.name)) if msg.name else None
+        if entry is None or entry[2]:
+            return False
+        if msg.get_if_exists:
+            client.conn.send(P.ActorCreateReply(msg.actor_id, existing_actor_id=entry[0]))
+        else:
+            client.conn.send(P.ActorCreateReply(msg.actor_id, error=(
+                f"an actor named {msg.name!r} already exists in namespace {msg.namespace!r}; use "
+                "nebula.get_actor(name) to reach it, or options(get_if_exists=True)")))
+        return True
+
+    async def _send_to_node(self, node_id: str, msg: P.Msg) -> None:
+        peer = await self.peer(node_id)
+        if peer is not None:
+            peer.conn.send(msg)
+
+    def actor_home(self, msg: P.CreateActor, dead: bool = False) -> None:
+        home = P.ActorHome(msg.actor_id, self.node.node_id, msg.name, msg.namespace, msg.meta, dead)
+        if self.is_head:
+            self.on_actor_home(None, home)
+        elif getattr(self, "head_link", None) is not None:
+            self.head_link.conn.send(home)
+
+    def on_actor_home(self, peer, msg: P.ActorHome) -> None:
+        moved = self.actor_homes.get(msg.actor_id, msg.node_id) != msg.node_id or msg.actor_id not in self.actor_homes
+        self.actor_homes[msg.actor_id] = msg.node_id
+        if moved and self.actor_waiters.get(msg.actor_id):
+            if msg.node_id != self.node.node_id:
+                self.node.loop.create_task(self._send_to_node(msg.node_id, P.WaitActor(0, msg.actor_id)))
+            else:  # it now lives here: its callers wait on the local record
+                self.node.actors.adopt_waiters(msg.actor_id, self.actor_waiters.pop(msg.actor_id))
+        if msg.name:
+            self.named[(msg.namespace, msg.name)] = (msg.actor_id, msg.meta, msg.dead)
+        if self.is_head:
+            for node_id, other in list(self.peers.items()):
+                if other is not peer:
+                    other.conn.send(msg)
+        for client, wait in self.pending_waits.pop(msg.actor_id, []):
+            self.node.actors.on_wait(client, wait)
+
+    def route_wait(self, client, msg: P.WaitActor) -> bool:
+        home = self.actor_homes.get(msg.actor_id)
+        if home == self.node.node_id:
+            return False
+        if home is None:
+            self.pending_waits.setdefault(msg.actor_id, []).append((client, msg))
+            self.node.loop.call_later(5.0, self._unknown_actor, msg.actor_id)
+            return True
+        waiters = self.actor_waiters.setdefault(msg.actor_id, set())
+        first = not waiters
+        waiters.add(client.client_id)
+        last = self.actor_infos.get(msg.actor_id)
+        if last is not None:
+            client.conn.send(last)
+        if first or last is None:
+            self.node.loop.create_task(self._send_to_node(home, P.WaitActor(0, msg.actor_id)))
+        return True
+
+    def _unknown_actor(self, actor_id: str) -> None:
+        for client, wait in self.pending_waits.pop(actor_id, []):
+            client.conn.send(P.ActorInfo(wait.request_id, actor_id, "DEAD", reason="no such actor in this cluster"))
+
+    def on_actor_info(self, peer, msg: P.ActorInfo) -> None:
+        self.actor_infos[msg.actor_id] = msg
+        for client_id in list(self.actor_waiters.get(msg.actor_id, ())):
+            client = self.node.clients.get(client_id)
+            if client is not None:
+                client.conn.send(msg)
+
+    def named_elsewhere(self, client, msg: P.GetNamedActor) -> bool:
+        entry = self.named.get((msg.namespace, msg.name))
+        if entry is None or entry[2] or self.actor_homes.get(entry[0]) == self.node.node_id:
+            return False
+        client.conn.send(P.NamedActorReply(msg.request_id, entry[0], entry[1]))
+        return True
+
+    def _actors_lost_with(self, node_id: str) -> None:
+        """Actors hosted on a dead node: the node that placed them restarts them elsewhere."""
+        for actor_id, home in list(self.actor_homes.items()):
+            if home != node_id:
+                continue
+            del self.actor_homes[actor_id]
+            self.actor_infos.pop(actor_id, None)
+            placed = self.placed_actors.get(actor_id)
+            if placed is not None and placed[2] != 0:
+                self._replace_actor(actor_id, placed)
+            elif actor_id in self.actor_waiters:
+                self.node.loop.call_later(5.0, self._declare_lost, actor_id, node_id)
+
+    def _replace_actor(self, actor_id: str, placed: tuple) -> None:
+        msg, creator, restarts = placed
+        self.placed_actors[actor_id] = (msg, creator, restarts - 1 if restarts > 0 else restarts)
+        info = P.ActorInfo(0, actor_id, "RESTARTING", reason="its node died; restarting it on another node")
+        self.on_actor_info(None, info)
+        client = self.node.clients.get(creator) or _Silent()
+        if not self.place_actor_elsewhere(client, msg):
+            import msgspec
+            self.node.actors.on_create(_Silent(), msgspec.structs.replace(msg, owner=creator))
+
+    def _declare_lost(self, actor_id: str, node_id: str) -> None:
+        if actor_id in self.actor_homes:
+            return  # it was restarted somewhere
+        info = P.ActorInfo(0, actor_id, "DEAD", reason=f"its node ({node_id[:8]}) died and it was not restarted "
+                           "(max_restarts exhausted)")
+        self.on_actor_info(None, info)
+
+    def to_actor_home(self, actor_id: str, msg: P.Msg) -> None:
+        home = self.actor_homes.get(actor_id)
+        if home is not None and home != self.node.node_id:
+            self.node.loop.create_task(self._send_to_node(home, msg))
+
     def client_gone(self, client_id: str) -> None:
         for peer in list(self.peers.values()):
             peer.conn.send(P.ClientGone(client_id))
@@ -438,3 +584,15 @@ class ClusterLinks:
         return [{"node_id": n.node_id, "alive": n.alive, "address": n.address,
                  "resources_total": dict(n.resources_total), "resources_available": dict(n.resources_available),
                  "store": {"used": n.store_used}} for n in self.view.values()]
+
+
+class _Silent:
+    """A stand-in client for requests the node makes on a creator's behalf (nobody to answer)."""
+
+    client_id = ""
+    kind = "node"
+
+    class conn:  # noqa: N801 - mimics Client.conn
+        @staticmethod
+        def send(_msg) -> None:
+            pass

@@ -81,6 +81,8 @@ class OutputCapture:
     def __init__(self, log_path: str):
         self.log_path = log_path
         self.target: OutputTarget | None = None
+        self.active: dict[str, OutputTarget] = {}  # calls running now (several on concurrent actors)
+        self.active_lock = threading.Lock()
         self.window_start, self.window_lines, self.dropped = time.monotonic(), 0, 0
         sys.stdout.flush()
         sys.stderr.flush()
@@ -111,12 +113,17 @@ class OutputCapture:
         self.dropped = 0
 
     def begin(self, target: OutputTarget) -> None:
-        self.target = target
+        with self.active_lock:
+            self.active[target.task_id] = target
+            self.target = target
 
-    def end(self) -> None:
+    def end(self, task_id: str | None = None) -> None:
+        """The call ``task_id`` finished: output goes to the latest call still running, if any."""
         sys.stdout.flush()
         sys.stderr.flush()
         for stream in self.streams:
             stream.drain()
         self._report_dropped()
-        self.target = None
+        with self.active_lock:
+            self.active.pop(task_id, None) if task_id is not None else self.active.clear()
+            self.target = next(reversed(self.active.values()), None)

@@ -133,6 +133,7 @@ class CreateActor(Msg):
     class_name: str = ""
     node_affinity: str = ""
     meta: bytes = b""
+    owner: str = ""
 
 
 class ActorCreateReply(Msg):
@@ -398,6 +399,15 @@ class ObjectChunk(Msg):
 
 class ClientGone(Msg):
     client_id: str
+
+
+class ActorHome(Msg):
+    actor_id: str
+    node_id: str
+    name: str = ""
+    namespace: str = ""
+    meta: bytes = b""
+    dead: bool = False
 
 
 MESSAGE_TYPES = tuple(Msg.__subclasses__())

@@ -139,13 +139,16 @@ class Worker:
         local.gpu_ids, local.actor_id, local.job_id = list(spec.gpu_ids), self.actor_id, spec.job_id
         if spec.gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in spec.gpu_ids)
+        self._begin_output(spec, conn)
+
+    def _begin_output(self, spec: P.ExecuteTask, conn: wire.Connection) -> None:
         prefix = f"{spec.name} pid={os.getpid()} node={self.node_short}"
         self.capture.begin(OutputTarget(spec.task_id, prefix, lambda stream, lines: self.session.post(
             conn.send, P.OutputLines(spec.task_id, prefix, stream, lines))))
 
     def _leave_task(self) -> None:
-        self.capture.end()
         local = self.session.current_task
+        self.capture.end(local.task_id)
         if local.borrowed:
             self.session.confirm_borrows()
         local.task_id = None
@@ -247,13 +250,21 @@ class Worker:
             self.actor_pool.submit(self._run_threaded, conn, spec)
 
     def _run_threaded(self, conn: wire.Connection, spec: P.ExecuteTask) -> None:
-        self._reply(conn, self._run(spec, time.time()))
+        self._enter_task(spec, conn)
+        try:
+            result = self._run(spec, time.time())
+        finally:
+            self._leave_task()
+        self._reply(conn, result)
 
     async def _run_async(self, conn: wire.Connection, spec: P.ExecuteTask) -> None:
         if self.actor_semaphore is None:
             self.actor_semaphore = asyncio.Semaphore(self.actor_limit)
         async with self.actor_semaphore:
             start = time.time()
+            local = self.session.current_task  # the loop thread's context (no task id: calls interleave)
+            local.actor_id, local.job_id = self.actor_id, spec.job_id
+            self._begin_output(spec, conn)
             try:
                 method = self._resolve_call(spec)
                 args, kwargs = unpack_args(spec.args, await asyncio.to_thread(self._fetch_args, spec))
@@ -266,6 +277,7 @@ class Worker:
                 result = self._exit_actor(spec, start)
             except BaseException as exc:  # noqa: BLE001
                 result = self._error_result(spec, exc, start)
+            await asyncio.to_thread(self.capture.end, spec.task_id)
         self._reply(conn, result)
 
     def _exit_actor(self, spec: P.ExecuteTask, start: float) -> P.TaskResult:

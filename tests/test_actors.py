@@ -227,6 +227,28 @@ def test_handle_passed_to_another_actor(cluster):
     assert nebula.get(counter.get.remote()) == 4
 
 
+def test_refs_kept_by_an_actor_outlive_the_callers_handles(cluster):
+    import numpy as np
+
+    @nebula.remote
+    class Keeper:
+        def keep(self, refs):
+            self.refs = refs
+            return True
+
+        def read(self):
+            return int(nebula.get(self.refs[0]).sum()), nebula.get(self.refs[1])
+
+    keeper = Keeper.remote()
+    big, small = nebula.put(np.ones(1 << 20, dtype=np.int64)), nebula.put("small")
+    assert nebula.get(keeper.keep.remote([big, small]))
+    del big, small
+    import gc
+    gc.collect()
+    time.sleep(0.5)
+    assert nebula.get(keeper.read.remote(), timeout=20) == (1 << 20, "small")
+
+
 def test_four_actors_alive_on_two_cpus(cluster):
     actors = [Counter.remote(i) for i in range(4)]
     assert nebula.get([a.get.remote() for a in actors], timeout=30) == [0, 1, 2, 3]
@@ -327,3 +349,30 @@ def test_exit_actor_outside_an_actor_is_refused(cluster):
 def test_actor_class_cannot_be_instantiated_directly(cluster):
     with pytest.raises(TypeError, match=r"Counter\.remote"):
         Counter()
+
+
+# ---- where a method runs -----------------------------------------------------------------
+
+class _ContextReporter:
+    def report(self):
+        ctx = nebula.get_runtime_context()
+        return ctx.get_actor_id(), ctx.get_task_id(), ctx.get_job_id()
+
+
+class _AsyncContextReporter:
+    async def report(self):
+        ctx = nebula.get_runtime_context()
+        return ctx.get_actor_id(), ctx.get_task_id(), ctx.get_job_id()
+
+
+@pytest.mark.parametrize("kind", ["plain", "threaded", "async"])
+def test_runtime_context_inside_actor_methods(cluster, kind):
+    cls = _AsyncContextReporter if kind == "async" else _ContextReporter
+    options = {"max_concurrency": 3} if kind == "threaded" else {}
+    first, second = nebula.remote(**options)(cls).remote(), nebula.remote(**options)(cls).remote()
+    refs = [first.report.remote(), first.report.remote(), second.report.remote()]
+    (a1, t1, j1), (a2, _t2, _j2), (b1, _tb, _jb) = nebula.get(refs, timeout=30)
+    assert a1 is not None and a1 == a2 and b1 is not None and a1 != b1
+    assert j1 == cluster["job_id"]
+    if kind != "async":  # async calls interleave on one thread: no per-call task id there
+        assert t1 == refs[0].task_id()

@@ -184,18 +184,28 @@ def test_default_sink_prints_prefixed_lines(cluster, capfd):
     assert re.search(rf"^\(speak pid={pid} node=\w+\) spoken line$", seen, re.M), seen
 
 
-def test_actor_output_is_prefixed_too(cluster, captured_output):
-    @nebula.remote
-    class Talker:
-        def talk(self):
-            print("actor says hi")
-            return os.getpid()
+class _Talker:
+    def talk(self, text):
+        print(text)
+        return os.getpid()
 
-    talker = Talker.remote()
-    pid = nebula.get(talker.talk.remote())
-    assert wait_until(lambda: any(line == "actor says hi" for _p, _s, line in captured_output))
-    prefix = next(p for p, _s, line in captured_output if line == "actor says hi")
-    assert f"pid={pid}" in prefix and "talk" in prefix
+
+class _AsyncTalker:
+    async def talk(self, text):
+        print(text)
+        return os.getpid()
+
+
+@pytest.mark.parametrize("kind", ["plain", "threaded", "async"])
+def test_actor_output_is_prefixed_too(cluster, captured_output, kind):
+    cls = _AsyncTalker if kind == "async" else _Talker
+    options = {"max_concurrency": 2} if kind == "threaded" else {}
+    talker = nebula.remote(**options)(cls).remote()
+    text = f"{kind} actor says hi"
+    pid = nebula.get(talker.talk.remote(text), timeout=30)
+    assert wait_until(lambda: any(line == text for _p, _s, line in captured_output))
+    prefix = next(p for p, _s, line in captured_output if line == text)
+    assert re.fullmatch(rf"{cls.__name__}\.talk pid={pid} node=\w+", prefix), prefix
 
 
 # ---- restarting and leaks (these replace the module's cluster) ---------------------------

@@ -123,3 +123,42 @@ def test_killed_node_is_detected_and_its_tasks_retry_elsewhere():
             time.sleep(0.2)
     finally:
         nebula.shutdown()
+
+
+@nebula.remote(num_cpus=1, max_restarts=1)
+class NodeCounter:
+    def __init__(self):
+        self.calls = 0
+
+    def where(self):
+        self.calls += 1
+        return nebula.get_runtime_context().get_node_id(), self.calls
+
+
+def test_actors_are_placed_on_other_nodes_and_found_by_name():
+    nebula.shutdown()
+    nebula.init(address="local", num_nodes=3, num_cpus=1)
+    try:
+        _wait_for_nodes(3)
+        actors = [NodeCounter.remote() for _ in range(3)]
+        placed = nebula.get([a.where.remote() for a in actors], timeout=60)
+        assert len({node for node, _ in placed}) == 3
+        NodeCounter.options(name="svc", num_cpus=0).remote()
+        assert nebula.get(nebula.get_actor("svc").where.remote(), timeout=30)[1] == 1
+    finally:
+        nebula.shutdown()
+
+
+def test_actor_on_a_dead_node_restarts_on_another():
+    nebula.shutdown()
+    nebula.init(address="local", num_nodes=2, num_cpus=2, _node_config={"heartbeat_timeout": 2.0})
+    try:
+        _wait_for_nodes(2)
+        head, other = (n["NodeID"] for n in nebula.nodes())
+        actor = NodeCounter.options(scheduling_strategy=on(other, soft=True)).remote()
+        assert nebula.get(actor.where.remote(), timeout=30) == (other, 1)
+        nebula.api.local_cluster().extra_nodes[0].kill()
+        node, calls = nebula.get(actor.where.remote(), timeout=60)
+        assert (node, calls) == (head, 1)  # state rebuilt by __init__ on the surviving node
+    finally:
+        nebula.shutdown()

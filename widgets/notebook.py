@@ -6,6 +6,8 @@ the kernel sends back to the kernel, which would apply it twice: those echoes ar
 """
 from __future__ import annotations
 
+import os
+
 from jupyter_bokeh import BokehModel
 
 from .board import Board
@@ -20,6 +22,7 @@ class LiveWidget(BokehModel):
     """A live board in a notebook; ``close()`` stops its updates and its subscription."""
 
     def __init__(self, views: list, period: float = UPDATE_PERIOD, **kwargs):
+        ensure_bokehjs()
         self.board = Board(views, per_row=2 if len(views) > 1 else 1)
         super().__init__(self.board.layout, **kwargs)
         self.board.prime()
@@ -74,3 +77,19 @@ class Timeline(LiveWidget):
 
     def __init__(self, period: float = UPDATE_PERIOD, **kwargs):
         super().__init__([TimelineView()], period, **kwargs)
+
+
+def ensure_bokehjs() -> None:
+    """Put BokehJS in the notebook page, once per kernel, before the first widget is shown.
+
+    jupyter_bokeh draws with the page's BokehJS. Bokeh's default source is a CDN, which
+    workshop networks often block, so unless BOKEH_RESOURCES names one, BokehJS comes inline
+    (about 8 MB of output, once).
+    """
+    from bokeh.io import output_notebook
+    from bokeh.io.state import curstate
+    from bokeh.resources import INLINE
+    from IPython import get_ipython
+    if get_ipython() is None or curstate().notebook:
+        return
+    output_notebook(resources=None if os.environ.get("BOKEH_RESOURCES") else INLINE, hide_banner=True)

@@ -15,7 +15,7 @@ import collections
 import math
 
 from .tasks import (CANCELLED, DONE, FAILED, FINISHED, PENDING, RUNNING, STATES, WAITING, ActorDirectory,
-                    BoundedMap, duration_text, short, task_of_object, view_state)
+                    BoundedMap, duration_text, seconds_text, short, task_of_object, view_state)
 from .update import RowTable, Update
 
 NODE_COLUMNS = ("key", "x", "y", "name", "state", "kind", "node", "worker", "duration", "error", "counts",
@@ -29,11 +29,12 @@ GROUP_STATE_ORDER = (RUNNING, WAITING, PENDING, FAILED, CANCELLED, FINISHED)
 
 
 class TaskInfo:
-    __slots__ = ("id", "name", "state", "actor", "deps", "start", "end")
+    __slots__ = ("id", "name", "state", "actor", "deps", "start", "end", "node", "worker", "error")
 
     def __init__(self, task_id: str, name: str, actor: str, deps: list):
         self.id, self.name, self.actor, self.deps = task_id, name, actor, deps
         self.state, self.start, self.end = PENDING, None, None
+        self.node = self.worker = self.error = ""
 
 
 class Group:
@@ -53,7 +54,7 @@ class Group:
         total = sum(self.counts.values())
         state = next((s for s in GROUP_STATE_ORDER if self.counts[s]), PENDING)
         counts = " · ".join(f"{self.counts[s]} {s}" for s in STATES if self.counts[s])
-        mean = f"mean {duration_text(0.0, self.took / self.timed)}" if self.timed else ""
+        mean = f"mean {seconds_text(self.took / self.timed)}" if self.timed else ""
         return {"state": state, "counts": counts, "duration": mean, "error": self.error,
                 "node": _several(self.nodes, "nodes"), "worker": _several(self.workers, "workers"),
                 "size": TASK_SIZE + 3 * math.log2(max(1, total))}
@@ -134,10 +135,11 @@ class TaskGraphModel:
         changes = {"state": state}
         if event.state == "RUNNING":
             changes.update(self._where(task, event))
+            task.node, task.worker = changes["node"], changes["worker"]
         if state in DONE:
-            task.start, task.end = event.get("start"), event.get("end")
+            task.start, task.end, task.error = event.get("start"), event.get("end"), event.get("error") or ""
             changes["duration"] = duration_text(task.start, task.end)
-            changes["error"] = event.get("error") or ""
+            changes["error"] = task.error
         return changes
 
     def _where(self, task: TaskInfo, event) -> dict:
@@ -199,6 +201,11 @@ class TaskGraphModel:
         self.group_of[task.id] = task.name
         group.counts[task.state] += 1
         group.dirty = True
+        _remember(group.nodes, task.node)
+        _remember(group.workers, task.worker)
+        if task.start and task.end:
+            group.took, group.timed = group.took + max(0.0, task.end - task.start), group.timed + 1
+        group.error = task.error or group.error
         for source in dep_groups:
             self._group_edge(self.groups[source], group)
 
@@ -219,15 +226,13 @@ class TaskGraphModel:
         group.counts[task.state] -= 1
         group.counts[state] += 1
         group.dirty = True
-        if event.state == "RUNNING":
-            where = self._where(task, event)
-            _remember(group.nodes, where["node"])
-            _remember(group.workers, where["worker"])
+        changes = self._changes(task, event, state)
+        _remember(group.nodes, changes.get("node", ""))
+        _remember(group.workers, changes.get("worker", ""))
         if state in DONE:
-            start, end = event.get("start"), event.get("end")
-            if start and end:
-                group.took, group.timed = group.took + max(0.0, end - start), group.timed + 1
-            group.error = event.get("error") or group.error
+            if task.start and task.end:
+                group.took, group.timed = group.took + max(0.0, task.end - task.start), group.timed + 1
+            group.error = task.error or group.error
             self.tasks.pop(task.id, None)
 
     def _refresh_groups(self) -> None:

@@ -42,9 +42,11 @@ def task_of_object(object_id: str) -> str:
 
 
 def duration_text(start, end) -> str:
-    if not start or not end:
-        return ""
-    took = max(0.0, end - start)
+    """'250.0 ms' or '1.20 s' between two times ('' while either is unknown)."""
+    return seconds_text(max(0.0, end - start)) if start and end else ""
+
+
+def seconds_text(took: float) -> str:
     return f"{took * 1000:.1f} ms" if took < 1 else f"{took:.2f} s"
 
 

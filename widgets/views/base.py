@@ -14,13 +14,15 @@ ALL, MINE = "all", "mine"
 
 class View:
     title = ""
+    key = ""           # names the view's sources "<key>.<source>" (what tests and scripts look up)
     filterable = True  # False: the view shows node-wide figures the switch cannot split
 
     def __init__(self):
         self.mine = False
         self.models = {ALL: self.make_model(None)}
-        self.sources: dict[str, ColumnDataSource] = {
-            name: ColumnDataSource(data) for name, data in self.models[ALL].columns().items()}
+        self.sources: dict[str, ColumnDataSource] = {}
+        for name, data in self.models[ALL].columns().items():
+            self.source(name, data)
         self.layout: LayoutDOM = self.build()
         self.apply_props(self.models[ALL].props())
 
@@ -64,8 +66,10 @@ class View:
     def source(self, name: str, columns=()) -> ColumnDataSource:
         source = self.sources.get(name)
         if source is None:
-            source = self.sources[name] = ColumnDataSource({column: [] for column in columns})
-            self.source_added(name, source)
+            source = ColumnDataSource({column: [] for column in columns}, name=f"{self.key}.{name}")
+            self.sources[name] = source
+            if hasattr(self, "layout"):
+                self.source_added(name, source)
         return source
 
     def _show(self, update) -> None:

@@ -19,6 +19,7 @@ CORE_PALETTE = ("#f7fbff", "#deebf7", "#c6dbef", "#9ecae1", "#6baed6", "#4292c6"
 
 class NodeResourcesView(View):
     title = "Node resources"
+    key = "node_resources"
     filterable = False
 
     def make_model(self, owner):

@@ -16,6 +16,7 @@ STORE_TOOLTIPS = [("node", "@node"), ("held", "@label"), ("store in use", "@used
 
 class ObjectPlacementView(View):
     title = "Object placement"
+    key = "object_placement"
 
     def make_model(self, owner):
         return ObjectPlacementModel(owner=owner)

@@ -19,6 +19,7 @@ TOOLTIPS = [("function", "@name (@kind)"), ("state", "@state @counts"), ("node",
 
 class TaskGraphView(View):
     title = "Task graph"
+    key = "task_graph"
 
     def make_model(self, owner):
         return TaskGraphModel(owner=owner)

@@ -14,6 +14,7 @@ FOLLOW_MS = 60_000
 
 class TimelineView(View):
     title = "Timeline (task stream per worker)"
+    key = "timeline"
 
     def make_model(self, owner):
         return TimelineModel(owner=owner)

@@ -1,0 +1,434 @@
+"""The widgets' view models, fed synthetic ``nebula.state`` events: no cluster, no Bokeh, no browser.
+
+Each test asserts the exact stream/patch contents a view would send, and ``BrowserCopy``
+(which applies updates the way Bokeh's ColumnDataSource does, rollover included) checks
+that what a browser would hold always equals the model's own ``columns()``.
+"""
+from __future__ import annotations
+
+import math
+import types
+
+import pytest
+
+from nebula.state import Event
+from nebula.widgets.models import (NodeResourcesModel, ObjectPlacementModel, RowTable, TaskGraphModel,
+                                   TimelineModel, Update)
+from nebula.widgets.models.object_placement import CELLS_PER_NODE
+from nebula.widgets.models.tasks import CANCELLED, FAILED, FINISHED, PENDING, RUNNING, WAITING
+
+pytestmark = pytest.mark.timeout(60)
+
+ME, OTHER = "client-me", "client-other"
+N1, N2 = "node1" + "0" * 23, "node2" + "0" * 23
+
+
+def ev(kind: str, event_id: str, state: str, t: float = 100.0, **data) -> Event:
+    return Event(kind, event_id, state, t, types.MappingProxyType(data))
+
+
+def ret(task_id: str, index: int = 0) -> str:
+    """The object id of a task's return value (task id + 4 hex digits)."""
+    return f"{task_id}{index:04x}"
+
+
+def submitted(task_id, name="f", owner=ME, deps=(), actor=None, t=100.0):
+    extra = {"actor": actor} if actor else {}
+    return ev("task", task_id, "SUBMITTED", t, name=name, owner=owner, job="1", deps=list(deps), **extra)
+
+
+def running(task_id, name="f", node=N1, worker="w1", pid=11, t=101.0):
+    return ev("task", task_id, "RUNNING", t, name=name, node=node, worker=worker, pid=pid)
+
+
+def finished(task_id, name="f", start=101.0, end=101.5, state="FINISHED", error=None, t=102.0):
+    extra = {"error": error} if error else {}
+    return ev("task", task_id, state, t, name=name, start=start, end=end, **extra)
+
+
+class BrowserCopy:
+    """What a browser holds after applying updates as Bokeh does (patch, then stream with rollover)."""
+
+    def __init__(self, columns: dict):
+        self.data = {name: {c: list(v) for c, v in cols.items()} for name, cols in columns.items()}
+
+    def apply(self, update: Update) -> None:
+        for name, cols in update.replace.items():
+            self.data[name] = {c: list(v) for c, v in cols.items()}
+        for name, patch in update.patch.items():
+            for column, cells in patch.items():
+                for row, value in cells:
+                    self.data[name][column][row] = value
+        for name, rows in update.stream.items():
+            source = self.data.setdefault(name, {c: [] for c in rows})
+            for column, values in rows.items():
+                source[column].extend(values)
+                keep = update.rollover.get(name)
+                if keep is not None:
+                    del source[column][:-keep or len(source[column])]
+
+
+def feed(model, browser: BrowserCopy, *batches, now: float = 200.0) -> list[Update]:
+    updates = []
+    for batch in batches:
+        update = model.apply(batch, now=now)
+        browser.apply(update)
+        updates.append(update)
+    assert _same(browser.data, model.columns())
+    return updates
+
+
+def _same(a, b) -> bool:
+    """Equality with NaN equal to itself (history columns use NaN for 'no GPU')."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
+# ---- RowTable ---------------------------------------------------------------------------------------
+
+def test_row_table_patches_rows_already_sent_and_edits_pending_ones():
+    table = RowTable(("key", "v"))
+    table.add("a", {"key": "a", "v": 1})
+    table.set("a", v=2)                        # not sent yet: the pending row changes
+    assert table.flush() == ({}, {"key": ["a"], "v": [2]})
+    table.set("a", v=3)
+    table.set("a", v=4)                        # two changes in one period: one patch
+    table.add("b", {"key": "b", "v": 5})
+    assert table.flush() == ({"v": [(0, 4)]}, {"key": ["b"], "v": [5]})
+
+
+def test_row_table_rollover_shifts_patch_indices_and_forgets_dropped_rows():
+    table = RowTable(("key",), rollover=3)
+    for key in "abcde":
+        table.add(key, {"key": key})
+    table.flush()
+    assert table.columns() == {"key": ["c", "d", "e"]}
+    assert "a" not in table and "b" not in table
+    table.set("a", key="A")                    # rolled over: nothing to patch
+    table.set("d", key="D")
+    assert table.flush() == ({"key": [(1, "D")]}, {})
+
+
+def test_row_table_reset_becomes_one_replace():
+    table = RowTable(("key",))
+    table.add("a", {"key": "a"})
+    table.flush()
+    table.reset([("x", {"key": "x"})])
+    table.add("y", {"key": "y"})
+    update = Update()
+    update.add_table("t", table)
+    assert update.replace == {"t": {"key": ["x", "y"]}} and not update.stream and not update.patch
+
+
+# ---- task graph ---------------------------------------------------------------------------------------
+
+def test_task_graph_streams_new_tasks_and_their_dependency_edges():
+    model = TaskGraphModel()
+    browser = BrowserCopy(model.columns())
+    [update] = feed(model, browser, [submitted("a"), submitted("b", deps=[ret("a")])])
+    assert update.stream["tasks"]["key"] == ["a", "b"]
+    assert update.stream["tasks"]["x"] == [0, 1] and update.stream["tasks"]["y"] == [0, 0]
+    assert update.stream["tasks"]["state"] == [PENDING, PENDING]
+    assert update.stream["edges"] == {"x0": [0], "y0": [0], "x1": [1], "y1": [0]}
+    assert not update.patch
+
+
+def test_task_graph_patches_state_changes_with_node_worker_duration_and_error():
+    model = TaskGraphModel()
+    browser = BrowserCopy(model.columns())
+    feed(model, browser, [submitted("a"), submitted("bad", name="g")])
+    [update] = feed(model, browser, [ev("task", "a", "PENDING_NODE", name="f"), running("a")])
+    assert update.patch["tasks"]["state"] == [(0, RUNNING)]
+    assert update.patch["tasks"]["node"] == [(0, N1[:8])] and update.patch["tasks"]["worker"] == [(0, "w1")]
+    assert not update.stream
+    [update] = feed(model, browser, [finished("a", start=1.0, end=1.25),
+                                     finished("bad", name="g", state="FAILED", error="ValueError: boom")])
+    assert dict(update.patch["tasks"]["state"]) == {0: FINISHED, 1: FAILED}
+    assert dict(update.patch["tasks"]["duration"])[0] == "250.0 ms"
+    assert dict(update.patch["tasks"]["error"])[1] == "ValueError: boom"
+
+
+def test_task_graph_names_cancelled_tasks_and_waiting_ones():
+    model = TaskGraphModel()
+    model.apply([submitted("a"), ev("task", "a", "PENDING_NODE", name="f"), submitted("b")])
+    assert model.columns()["tasks"]["state"] == [WAITING, PENDING]
+    model.apply([finished("a", state="FAILED", error="TaskCancelledError: Task a was cancelled")])
+    assert model.columns()["tasks"]["state"][0] == CANCELLED
+
+
+def test_task_graph_a_task_that_comes_and_goes_within_one_period_is_streamed_once_as_final():
+    model = TaskGraphModel()
+    update = model.apply([submitted("a"), running("a"), finished("a")])
+    assert update.stream["tasks"]["state"] == [FINISHED] and not update.patch
+
+
+def test_task_graph_layout_is_depth_by_arrival_and_drawn_tasks_never_move():
+    model = TaskGraphModel()
+    browser = BrowserCopy(model.columns())
+    feed(model, browser, [submitted("a"), submitted("b"), submitted("c", deps=[ret("a")])])
+    before = dict(zip(model.columns()["tasks"]["key"], zip(model.columns()["tasks"]["x"],
+                                                           model.columns()["tasks"]["y"])))
+    assert before == {"a": (0, 0), "b": (0, -1), "c": (1, 0)}
+    updates = feed(model, browser, [submitted("d", deps=[ret("c"), ret("b")]), submitted("e")],
+                   [submitted("f", deps=[ret("a")])])
+    for update in updates:  # later batches only add rows: nothing drawn moves
+        assert "x" not in update.patch.get("tasks", {}) and "y" not in update.patch.get("tasks", {})
+    cols = model.columns()["tasks"]
+    after = dict(zip(cols["key"], zip(cols["x"], cols["y"])))
+    assert {k: after[k] for k in before} == before
+    assert after["d"] == (2, 0) and after["e"] == (0, -2) and after["f"] == (1, -1)
+    assert len(model.columns()["edges"]["x0"]) == 4
+
+
+def test_task_graph_draws_an_edge_when_its_dependency_arrives_late():
+    model = TaskGraphModel()
+    browser = BrowserCopy(model.columns())
+    feed(model, browser, [submitted("b", deps=[ret("a")])])      # a was submitted by a process seen later
+    assert model.columns()["edges"]["x0"] == []
+    [update] = feed(model, browser, [submitted("a", owner=OTHER)])
+    assert update.stream["edges"] == {"x0": [0], "y0": [-1], "x1": [0], "y1": [0]}
+
+
+def test_task_graph_marks_actor_calls_and_places_them_on_the_actor():
+    model = TaskGraphModel()
+    model.apply([ev("actor", "act1", "ALIVE", node=N2, worker="wa", pid=7, class_name="Counter"),
+                 submitted("c1", name="Counter.inc", actor="act1"),
+                 ev("task", "c1", "RUNNING", name="Counter.inc", actor="act1")])
+    cols = model.columns()["tasks"]
+    assert cols["kind"] == ["actor call"] and cols["node"] == [N2[:8]]
+    assert cols["worker"] == ["wa (Counter act1)"]
+
+
+def test_task_graph_this_notebook_only_keeps_the_owners_tasks():
+    model = TaskGraphModel(owner=ME)
+    model.apply([submitted("a"), submitted("b", owner=OTHER), running("b"), running("z")])
+    assert model.columns()["tasks"]["key"] == ["a"]
+
+
+def test_task_graph_groups_by_function_past_the_cap_and_keeps_only_live_tasks():
+    model = TaskGraphModel(group_after=5)
+    browser = BrowserCopy(model.columns())
+    batch = [submitted(f"f{i}", name="load") for i in range(3)]
+    batch += [submitted(f"g{i}", name="train", deps=[ret(f"f{i}")]) for i in range(3)]
+    batch += [running("f0", name="load"), finished("f0", name="load", start=1.0, end=3.0)]
+    [update] = feed(model, browser, batch)
+    groups = update.replace["tasks"]
+    assert groups["key"] == ["load", "train"] and groups["kind"] == ["function", "function"]
+    assert (groups["x"], groups["y"]) == ([0, 1], [0, 0])
+    assert groups["counts"][0] == "2 pending · 1 finished" and groups["state"] == [PENDING, PENDING]
+    assert groups["duration"][0] == "mean 2.00 s"
+    assert update.replace["edges"] == {"x0": [0], "y0": [0], "x1": [1], "y1": [0]}
+    assert set(model.tasks) == {"f1", "f2", "g0", "g1", "g2"}      # finished ones are forgotten
+    [update] = feed(model, browser, [running("f1", name="load")])
+    assert update.patch["tasks"]["state"] == [(0, RUNNING)]
+    assert update.patch["tasks"]["counts"] == [(0, "1 pending · 1 running · 1 finished")]
+    [update] = feed(model, browser, [submitted("h0", name="report", deps=[ret("g0")])])
+    assert update.stream["tasks"]["key"] == ["report"] and update.stream["tasks"]["x"] == [2]
+
+
+def test_task_graph_memory_stays_bounded_over_many_tasks():
+    model = TaskGraphModel(group_after=100, memory=1000)
+    for start in range(0, 20_000, 500):
+        batch = []
+        for i in range(start, start + 500):
+            tid = f"t{i}"
+            batch += [submitted(tid, name=f"fn{i % 7}", deps=[ret(f"t{i - 1}")]), running(tid), finished(tid)]
+        model.apply(batch)
+    assert len(model.table) == 7 and len(model.tasks) == 0
+    assert len(model.group_of) <= 1000 and len(model.placed) == 0 and len(model.waiting_edges) == 0
+    assert sum(model.groups["fn0"].counts.values()) == len(range(0, 20_000, 7))
+
+
+# ---- object placement --------------------------------------------------------------------------------
+
+def sealed(object_id, node=N1, size=1000, owner=ME, t=100.0):
+    return ev("object", object_id, "SEALED", t, size=size, owner=owner, node=node)
+
+
+def telemetry(node=N1, cores=(10.0, 30.0), gpus=(), used=0, capacity=10_000, t=100.0):
+    return ev("node", node, "TELEMETRY", t, cpu_percent_per_core=list(cores), memory_total=8 * 2**30,
+              memory_used=2 * 2**30, memory_percent=25.0, gpus=list(gpus), has_gpu=bool(gpus), node=node,
+              store={"capacity": capacity, "used": used, "objects": 0, "spilled": 0, "spilled_bytes": 0,
+                     "pinned": 0})
+
+
+def test_placement_counts_objects_per_node_against_capacity_and_names_their_task():
+    model = ObjectPlacementModel()
+    browser = BrowserCopy(model.columns())
+    [update] = feed(model, browser, [telemetry(used=3000), submitted("t1", name="load"),
+                                     sealed(ret("t1"), size=2000), sealed("p" * 28, size=500)])
+    store = update.stream["stores"]
+    assert store["primary_count"] == [2] and store["primary_bytes"] == [2500] and store["capacity"] == [10_000]
+    assert store["primary_pct"] == [25.0] and store["used_pct"] == [30.0]
+    cells = update.stream["cells"]
+    assert cells["task"] == ["load (task t1)", "put or unknown task (pppppppp)"]
+    assert cells["bytes"] == ["2.0 KiB", "500 B"] and cells["x"] == [0, 1]
+    assert update.props["nodes"] == [N1[:8]]
+
+
+def test_placement_names_the_task_when_its_events_come_after_the_object():
+    model = ObjectPlacementModel()
+    browser = BrowserCopy(model.columns())
+    feed(model, browser, [sealed(ret("t9"))])
+    [update] = feed(model, browser, [running("t9", name="late")])
+    assert update.patch["cells"]["task"] == [(0, "late (task t9)")]
+
+
+def test_placement_spill_restore_and_free_move_counts_and_reuse_the_cell():
+    model = ObjectPlacementModel()
+    browser = BrowserCopy(model.columns())
+    feed(model, browser, [telemetry(), sealed("o1" * 14), sealed("o2" * 14, size=3000)])
+    [update] = feed(model, browser, [ev("object", "o1" * 14, "SPILLED", size=1000, node=N1)])
+    assert update.patch["cells"]["category"] == [(0, "spilled")]
+    assert model.totals(N1)["counts"] == {"primary": 1, "secondary": 0, "spilled": 1}
+    feed(model, browser, [ev("object", "o1" * 14, "RESTORED", size=1000, node=N1)])
+    assert model.totals(N1)["counts"]["spilled"] == 0
+    feed(model, browser, [ev("object", "o1" * 14, "FREED", owner=ME)])        # the owner's own: no store change
+    assert model.totals(N1)["counts"]["primary"] == 2
+    [update] = feed(model, browser, [ev("object", "o1" * 14, "FREED", size=1000, node=N1)])
+    assert update.patch["cells"]["alpha"] == [(0, 0.0)]
+    [update] = feed(model, browser, [sealed("o3" * 14, size=10)])
+    assert "cells" not in update.stream                                        # the freed cell is reused
+    assert dict(update.patch["cells"]["object"]) == {0: ("o3" * 14)[:8]}
+    assert model.totals(N1)["bytes"]["primary"] == 3010
+
+
+def test_placement_counts_an_object_once_when_snapshot_and_feed_both_report_it():
+    model = ObjectPlacementModel()
+    model.apply([sealed("o1" * 14), sealed("o1" * 14)])
+    assert model.totals(N1)["counts"]["primary"] == 1
+
+
+def test_placement_shows_transfers_between_two_nodes_as_secondary_copies():
+    model = ObjectPlacementModel(transfer_linger=2.0)
+    browser = BrowserCopy(model.columns())
+    oid = ret("t1")
+    feed(model, browser, [telemetry(N1), telemetry(N2), sealed(oid, node=N1, size=4096)], now=100.0)
+    [update] = feed(model, browser, [ev("object", oid, "TRANSFERRED", t=101.0, size=4096, to=N2, node=N1),
+                                     sealed(oid, node=N2, size=4096, owner="", t=101.1)], now=101.2)
+    assert update.stream["transfers"]["object"] == [oid[:8]] and update.stream["transfers"]["alpha"] == [0.9]
+    assert model.totals(N2)["counts"] == {"primary": 0, "secondary": 1, "spilled": 0}
+    assert model.totals(N1)["counts"] == {"primary": 1, "secondary": 0, "spilled": 0}
+    [update] = feed(model, browser, [], now=103.5)                             # the arrow fades
+    assert update.patch["transfers"]["alpha"] == [(0, 0.0)]
+    feed(model, browser, [ev("object", oid, "FREED", size=4096, node=N2)])
+    assert model.totals(N2)["counts"]["secondary"] == 0 and model.totals(N1)["counts"]["primary"] == 1
+
+
+def test_placement_this_notebook_only_keeps_the_owners_objects_and_their_copies():
+    model = ObjectPlacementModel(owner=ME)
+    model.apply([sealed("o1" * 14), sealed("o2" * 14, owner=OTHER),
+                 ev("object", "o1" * 14, "TRANSFERRED", size=1000, to=N2, node=N1),
+                 ev("object", "o2" * 14, "TRANSFERRED", size=1000, to=N2, node=N1)])
+    assert model.totals(N1)["counts"]["primary"] == 1 and model.totals(N2)["counts"]["secondary"] == 1
+    assert len(model.columns()["transfers"]["key"]) == 1
+
+
+def test_placement_draws_a_bounded_number_of_cells_per_node():
+    model = ObjectPlacementModel()
+    model.apply([sealed(f"{i:028x}") for i in range(CELLS_PER_NODE + 50)])
+    assert len(model.columns()["cells"]["key"]) == CELLS_PER_NODE
+    assert model.totals(N1)["counts"]["primary"] == CELLS_PER_NODE + 50
+    assert "50 not drawn" in model.columns()["stores"]["label"][0]
+
+
+# ---- node resources ------------------------------------------------------------------------------------
+
+def test_resources_show_cores_memory_store_and_say_when_a_node_has_no_gpu():
+    model = NodeResourcesModel(history=3)
+    browser = BrowserCopy(model.columns())
+    [update] = feed(model, browser, [telemetry(cores=(10.0, 30.0), used=2500, t=10.0)])
+    assert update.stream["cores"]["percent"] == [10.0, 30.0] and update.stream["cores"]["core"] == [0, 1]
+    gauges = dict(zip([tuple(f) for f in update.stream["gauges"]["factor"]], update.stream["gauges"]["text"]))
+    assert gauges[(N1[:8], "GPU")] == "no GPU on this node"
+    assert gauges[(N1[:8], "memory")] == "memory: 2.00 GiB of 8.00 GiB"
+    history = update.stream[f"history:{N1}"]
+    assert history["cpu"] == [20.0] and history["store"] == [25.0] and math.isnan(history["gpu"][0])
+    assert update.props["gauge_factors"] == [(N1[:8], "memory"), (N1[:8], "object store"), (N1[:8], "GPU")]
+    [update] = feed(model, browser, [telemetry(cores=(50.0, 70.0), t=11.0)])
+    assert update.patch["cores"]["percent"] == [(0, 50.0), (1, 70.0)]
+
+
+def test_resources_show_each_gpus_utilisation_and_memory():
+    gpus = [{"index": 0, "name": "H100", "utilization_percent": 80.0, "memory_used": 2**30, "memory_total": 4 * 2**30},
+            {"index": 1, "name": "H100", "utilization_percent": 20.0, "memory_used": 0, "memory_total": 4 * 2**30}]
+    model = NodeResourcesModel()
+    model.apply([telemetry(gpus=gpus)])
+    gauges = model.columns()["gauges"]
+    values = dict(zip([f[1] for f in gauges["factor"]], gauges["value"]))
+    assert values == {"memory": 25.0, "object store": 0.0, "GPU0 util": 80.0, "GPU0 memory": 25.0,
+                      "GPU1 util": 20.0, "GPU1 memory": 0.0}
+    assert model.columns()[f"history:{N1}"]["gpu"] == [50.0]
+
+
+def test_resources_keep_each_nodes_rows_together_and_history_rolls_over():
+    model = NodeResourcesModel(history=5)
+    browser = BrowserCopy(model.columns())
+    for second in range(8):
+        feed(model, browser, [telemetry(N1, t=second), telemetry(N2, t=second)])
+    assert len(model.columns()[f"history:{N1}"]["time"]) == 5 and len(model.columns()[f"history:{N2}"]["time"]) == 5
+    assert model.columns()[f"history:{N2}"]["time"] == [3000.0, 4000.0, 5000.0, 6000.0, 7000.0]
+    assert [f[0] for f in model.props()["gauge_factors"]] == [N1[:8]] * 3 + [N2[:8]] * 3
+    assert model.props()["nodes"] == [N1[:8], N2[:8]]
+    model.apply([ev("node", N2, "DEAD", node=N1)])
+    assert "dead" in dict(zip(model.columns()["gauges"]["key"], model.columns()["gauges"]["text"]))[f"{N2[:8]}:memory"]
+
+
+# ---- timeline ---------------------------------------------------------------------------------------------
+
+def test_timeline_opens_a_bar_when_a_task_starts_and_fits_it_to_the_workers_times():
+    model = TimelineModel()
+    browser = BrowserCopy(model.columns())
+    [update] = feed(model, browser, [submitted("a"), running("a", t=10.0)], now=10.5)
+    bar = update.stream["tasks"]
+    assert bar["lane"] == [f"{N1[:8]} · pid 11"] and bar["start"] == [10_000.0] and bar["end"] == [10_500.0]
+    assert update.props["lanes"] == [f"{N1[:8]} · pid 11"]
+    [update] = feed(model, browser, [], now=11.0)
+    assert update.patch["tasks"]["end"] == [(0, 11_000.0)]                      # follows the clock
+    [update] = feed(model, browser, [finished("a", start=10.01, end=11.21)], now=11.3)
+    patch = dict((c, v) for c, [(_, v)] in update.patch["tasks"].items())
+    assert patch["start"] == pytest.approx(10_010.0) and patch["end"] == pytest.approx(11_210.0)
+    assert patch["state"] == FINISHED and patch["duration"] == "1.20 s"
+    assert not model.running
+
+
+def test_timeline_has_a_lane_per_node_and_worker_and_puts_actor_calls_on_the_actor():
+    model = TimelineModel()
+    model.apply([ev("actor", "act1", "ALIVE", node=N2, worker="wa", pid=77, class_name="Counter"),
+                 submitted("a"), running("a", node=N1, pid=11), submitted("b"), running("b", node=N2, pid=22),
+                 submitted("c", name="Counter.inc", actor="act1"),
+                 ev("task", "c", "RUNNING", name="Counter.inc", actor="act1")], now=200.0)
+    assert model.props()["lanes"] == [f"{N1[:8]} · pid 11", f"{N2[:8]} · pid 22", f"{N2[:8]} · Counter act1 pid 77"]
+
+
+def test_timeline_colours_by_function_outlines_failures_and_skips_tasks_that_never_ran():
+    model = TimelineModel()
+    model.apply([submitted("a"), running("a"), submitted("b", name="g"), running("b", name="g"),
+                 finished("b", name="g", state="FAILED", error="ValueError: x"),
+                 submitted("c"), finished("c", state="FAILED", start=None, end=None,
+                                          error="TaskCancelledError: cancelled")], now=200.0)
+    cols = model.columns()["tasks"]
+    assert cols["name"] == ["f", "g"] and cols["color"][0] != cols["color"][1]
+    assert cols["outline"][1] == "#de2d26" and cols["state"] == ["running", FAILED]
+
+
+def test_timeline_rolls_over_and_stays_equal_to_the_browser_copy():
+    model = TimelineModel(rollover=10)
+    browser = BrowserCopy(model.columns())
+    for i in range(25):
+        feed(model, browser, [submitted(f"t{i}"), running(f"t{i}", t=i)], now=i + 0.5)
+        if i >= 2:
+            feed(model, browser, [finished(f"t{i - 2}", start=i - 2, end=i - 1.5)], now=i + 0.6)
+    assert len(model.columns()["tasks"]["key"]) == 10
+    assert len(model.bars.index) <= 10
+
+
+def test_timeline_this_notebook_only_keeps_the_owners_tasks():
+    model = TimelineModel(owner=ME)
+    model.apply([submitted("a"), running("a"), submitted("b", owner=OTHER), running("b"), running("x")], now=200.0)
+    assert model.columns()["tasks"]["key"] == ["a:0"]
