@@ -157,7 +157,10 @@ def test_actor_on_a_dead_node_restarts_on_another():
         head, other = (n["NodeID"] for n in nebula.nodes())
         actor = NodeCounter.options(scheduling_strategy=on(other, soft=True)).remote()
         assert nebula.get(actor.where.remote(), timeout=30) == (other, 1)
-        nebula.api.local_cluster().extra_nodes[0].kill()
+        victim = nebula.api.local_cluster().extra_nodes[0]
+        victim.kill()
+        victim.wait()
+        time.sleep(0.5)  # its workers die with it (parent-death signal)
         node, calls = nebula.get(actor.where.remote(), timeout=60)
         assert (node, calls) == (head, 1)  # state rebuilt by __init__ on the surviving node
     finally:

@@ -80,17 +80,19 @@ class Server:
     def start_kernel(self) -> BlockingKernelClient:
         reply = self.post("api/kernels", json={"name": "python3"})
         assert reply.status_code == 201, reply.text
-        kernel_id = reply.json()["id"]
-        deadline = time.monotonic() + 60
-        while self.get(f"api/kernels/{kernel_id}").json()["execution_state"] != "idle":
-            assert time.monotonic() < deadline, "the kernel did not become idle: " + self.log_text()
-            time.sleep(0.2)
-        client = BlockingKernelClient(connection_file=str(self.dirs["runtime"] / f"kernel-{kernel_id}.json"))
+        path = self.dirs["runtime"] / f"kernel-{reply.json()['id']}.json"
+        client = BlockingKernelClient(connection_file=str(path))
         client.load_connection_file()
         client.start_channels()
-        client.wait_for_ready(timeout=60)
         self.kernel_clients.append(client)
-        return client
+        deadline = time.monotonic() + 60
+        while True:  # its heartbeat may not beat yet: wait_for_ready then says "died"; ask again
+            try:
+                client.wait_for_ready(timeout=10)
+                return client
+            except RuntimeError:
+                assert time.monotonic() < deadline, "the kernel did not start: " + self.log_text()
+                time.sleep(0.5)
 
     def stop(self) -> None:
         kernels = [p for p in _descendants(self.process.pid) if "ipykernel" in " ".join(_cmdline(p))]
