@@ -46,6 +46,7 @@ class ClusterLinks:
         self.locations: dict[str, set[str]] = {}
         self.where_waiters: dict[str, list] = {}
         self.pulls: dict[int, dict] = {}
+        self.lost: dict[str, str] = {}  # object id -> the dead node that held its only copy
         self.ids = itertools.count(1)
         self.incarnation = os.urandom(4).hex()
         self.actor_homes: dict[str, str] = {}
@@ -162,8 +163,26 @@ class ClusterLinks:
         if peer is not None:
             peer.conn.close()
         self._requeue_forwarded(node_id)
-        for locs in self.locations.values():
-            locs.discard(node_id)
+        for object_id, locs in list(self.locations.items()):
+            if node_id in locs:
+                locs.discard(node_id)
+                if not locs:
+                    del self.locations[object_id]
+                    self.lost[object_id] = node_id
+        self._fail_lost_where_waiters()
+        self._fail_lost_local_reads()
+
+    def _fail_lost_where_waiters(self) -> None:
+        for object_id in [o for o in self.where_waiters if o in self.lost]:
+            for peer, request_id in self.where_waiters.pop(object_id):
+                peer.conn.send(P.ObjectAt(request_id, object_id, error=self._lost_text(object_id)))
+
+    def _fail_lost_local_reads(self) -> None:
+        for object_id in [o for o in self.where_waiters_local() if o in self.lost]:
+            self._pull_failed(object_id, self._lost_text(object_id))
+
+    def _lost_text(self, object_id: str) -> str:
+        return f"its only copy was on node {self.lost[object_id][:8]}, which died"
 
     def peer_lost(self, peer) -> None:
         node_id = getattr(peer, "peer_node", "")
@@ -212,7 +231,9 @@ class ClusterLinks:
     async def _forward(self, request, node_id: str) -> None:
         peer = await self.peer(node_id)
         if peer is None:
+            request.strategy = "DEFAULT" if request.strategy != "NODE_AFFINITY" else request.strategy
             self.node.leases.add(request)
+            self.node._schedule()
             return
         fid = next(self.ids)
         log.debug("forward %s/%d to node %s as %d", request.client, request.request_id, node_id[:8], fid)
@@ -279,10 +300,14 @@ class ClusterLinks:
                     peer.conn.send(P.CancelLeaseRequest(fid))
 
     def _requeue_forwarded(self, node_id: str) -> None:
+        requeued = False
         for fid, (request, target) in list(self.forwarded.items()):
             if target == node_id:
                 del self.forwarded[fid]
                 self.node.leases.add(request)
+                requeued = True
+        if requeued:
+            self.node.loop.call_soon(self.node._schedule)
         for lease_id, entry in list(self.remote_leases.items()):
             if entry[0] == node_id:
                 del self.remote_leases[lease_id]
@@ -314,6 +339,7 @@ class ClusterLinks:
                     del self.locations[object_id]
 
     def _located(self, object_id: str, node_id: str) -> None:
+        self.lost.pop(object_id, None)
         self.locations.setdefault(object_id, set()).add(node_id)
         for peer, request_id in self.where_waiters.pop(object_id, []):
             peer.conn.send(P.ObjectAt(request_id, object_id, node_id))
@@ -327,6 +353,8 @@ class ClusterLinks:
         locs = [n for n in self.locations.get(msg.object_id, ()) if self.view.get(n) and self.view[n].alive]
         if locs:
             peer.conn.send(P.ObjectAt(msg.request_id, msg.object_id, locs[0]))
+        elif msg.object_id in self.lost:
+            peer.conn.send(P.ObjectAt(msg.request_id, msg.object_id, error=self._lost_text(msg.object_id)))
         else:
             self.where_waiters.setdefault(msg.object_id, []).append((peer, msg.request_id))
 
@@ -340,11 +368,15 @@ class ClusterLinks:
             locs = [n for n in self.locations.get(object_id, ()) if n != self.node.node_id]
             if locs:
                 self.start_pull(object_id, locs[0])
+            elif object_id in self.lost:
+                self._pull_failed(object_id, self._lost_text(object_id))
         elif getattr(self, "head_link", None) is not None:
             self.head_link.conn.send(P.WhereIs(0, object_id))
 
     def on_object_at(self, peer, msg: P.ObjectAt) -> None:
-        if msg.node_id and msg.node_id != self.node.node_id:
+        if msg.error:
+            self._pull_failed(msg.object_id, msg.error)
+        elif msg.node_id and msg.node_id != self.node.node_id:
             self.start_pull(msg.object_id, msg.node_id)
 
     def start_pull(self, object_id: str, node_id: str) -> None:
@@ -359,7 +391,7 @@ class ClusterLinks:
             return  # one transfer serves every concurrent reader
         peer = await self.peer(node_id)
         if peer is None:
-            self._pull_failed(object_id, f"the node holding it ({node_id[:8]}) is unreachable")
+            self._pull_failed(object_id, f"the node holding it ({node_id[:8]}) is unreachable: it died or its link is cut")
             return
         pull_id = next(self.ids)
         log.debug("pull %s from node %s", object_id[:10], node_id[:8])
@@ -428,7 +460,10 @@ class ClusterLinks:
         from .session import encode_system_error
         self.__dict__.get("_local_wanted", set()).discard(object_id)
         err = ObjectLostError(object_id, f"could not fetch it from another node: {reason}")
-        self.node._answer_waiters(self.node.objects.fail(object_id, encode_system_error(err)))
+        rec = self.node.objects.fail(object_id, encode_system_error(err))
+        self.node._answer_waiters(rec)
+        if self.node.objects.records.get(object_id) is rec:
+            rec.state, rec.error = "PENDING", b""  # the owner may rebuild it: later reads look again
 
     def forward_release(self, msg: P.RemoveRefs, holder: str) -> None:
         """An owner dropped an object that may live on other nodes: tell them."""

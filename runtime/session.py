@@ -395,9 +395,23 @@ class Session:
         if entry.error is not None:
             out.set_result(("error", entry.error))
         elif entry.in_store:
-            self._locate(object_id, pin=True).add_done_callback(lambda f: _chain(f, out))
+            self._locate(object_id, pin=True).add_done_callback(
+                lambda f: self._located_or_rebuilt(object_id, entry, f, out))
         else:
             out.set_result(("inline", entry.inline))
+
+    def _located_or_rebuilt(self, object_id: str, entry: ObjectEntry, fut, out) -> None:
+        """A stored result lost with its node is rebuilt from lineage, then read again."""
+        source = fut.result() if fut.exception() is None else ("error", encode_system_error(fut.exception()))
+        if source[0] == "error" and source[1][:1] == b"S" and self.tasks.can_rebuild(object_id) and \
+                isinstance(decode_error(source[1]), ObjectLostError):
+            self.post(self._rebuild_then_read, object_id, entry, out)
+        else:
+            out.set_result(source)
+
+    def _rebuild_then_read(self, object_id: str, entry: ObjectEntry, out) -> None:
+        self.tasks.rebuild(object_id)
+        entry.ready.add_done_callback(lambda _f: self._source_from_entry(object_id, entry, out))
 
     def _locate(self, object_id: str, pin: bool) -> concurrent.futures.Future:
         out: concurrent.futures.Future = concurrent.futures.Future()

@@ -29,6 +29,7 @@ LEASE_IDLE_SECONDS = 0.05
 DEATH_INFO_WAIT = 1.5
 SHORT_TASK_SECONDS = 0.002
 DEEP_PIPELINE = 8
+LINEAGE_LIMIT = 10000
 
 
 class PendingTask:
@@ -89,6 +90,7 @@ class TaskSubmitter:
         self.durations: dict[str, float] = {}
         self.result_handlers: dict[str, object] = {}
         self._options_cache: dict[int, tuple] = {}
+        self.lineage: collections.OrderedDict[str, PendingTask] = collections.OrderedDict()
 
     # ---- caller thread --------------------------------------------------------------------
 
@@ -326,9 +328,66 @@ class TaskSubmitter:
             for ret in msg.returns:
                 self.session.complete_object(ret.object_id, inline=ret.inline or None,
                                              in_store=ret.in_store, size=ret.size, node=ret.node_id)
+            self._remember_lineage(task, msg.returns)
         state = "FAILED" if msg.error else "FINISHED"
         self.session.events.task_ended(msg.task_id, state, task.name, msg.start, msg.end, msg.error)
         self.session.task_finished(msg.task_id, task.name, state, msg.start, msg.end, task.where)
+
+    # ---- lineage: rebuilding objects lost with a node --------------------------------------
+
+    def _remember_lineage(self, task: PendingTask, returns: list) -> None:
+        """Keep the spec (and so its arguments) of tasks whose results live in a store."""
+        for ret in returns:
+            if ret.in_store:
+                self.lineage[ret.object_id] = task
+                self.lineage.move_to_end(ret.object_id)
+        while len(self.lineage) > LINEAGE_LIMIT:
+            self.lineage.popitem(last=False)
+
+    def can_rebuild(self, object_id: str) -> bool:
+        task = self.lineage.get(object_id)
+        return task is not None and task.retries_left != 0
+
+    def rebuild(self, object_id: str) -> None:
+        """Re-run the task that made ``object_id``, first rebuilding its lost stored arguments."""
+        task = self.lineage.get(object_id)
+        if task is None or task.spec.task_id in self.tasks:
+            return  # gone, or already being rebuilt
+        task.retries_left -= 1 if task.retries_left > 0 else 0
+        log.warning("rebuilding %s: re-running %s() (its result was lost with a node)", object_id, task.name)
+        for rid in task.spec.return_ids:
+            self._reset_entry(rid)
+        self.tasks[task.spec.task_id] = task  # marks it as rebuilding
+        stored = [d.hex() for d in task.deps if self._stored(d.hex())]
+        remaining = [len(stored)]
+        if not stored:
+            self._resubmit(task)
+        for dep in stored:
+            probe = self.session._locate(dep, pin=False)
+            probe.add_done_callback(lambda f, d=dep: self.session.post(self._probed, task, d, f, remaining))
+
+    def _stored(self, object_id: str) -> bool:
+        entry = self.session.owned.get(object_id)
+        return entry is not None and entry.in_store and entry.ready.done()
+
+    def _probed(self, task: PendingTask, dep: str, fut, remaining: list) -> None:
+        source = fut.result()
+        if source[0] == "error" and self.can_rebuild(dep):
+            self.rebuild(dep)
+        remaining[0] -= 1
+        if remaining[0] == 0:
+            self._resubmit(task)
+
+    def _resubmit(self, task: PendingTask) -> None:
+        del self.tasks[task.spec.task_id]
+        self._submit(task)
+
+    def _reset_entry(self, object_id: str) -> None:
+        import concurrent.futures
+        entry = self.session.owned.get(object_id)
+        if entry is not None:
+            entry.ready = concurrent.futures.Future()
+            entry.inline, entry.in_store, entry.error, entry.node = None, False, None, ""
 
     def _fail(self, task: PendingTask, error: bytes) -> None:
         self._finish(task, P.TaskResult(task.spec.task_id, error=error, start=time.time(), end=time.time()))

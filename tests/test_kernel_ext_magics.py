@@ -93,6 +93,13 @@ def test_line_magics_and_shell_escapes_are_refused(shell, cell):
         run(shell, "%%remote\n" + cell)
 
 
+def test_python_syntax_errors_point_at_the_line(shell):
+    from nebula.kernel_ext.remote_magic import RemoteCellSyntaxError
+    with pytest.raises(RemoteCellSyntaxError, match="SyntaxError") as info:
+        run(shell, "%%remote\nok = 1\nbad = (1,")
+    assert "line 2" in str(info.value)
+
+
 def test_local_modules_ship_by_value(shell, tmp_path):
     (tmp_path / "nbhelpers.py").write_text("def answer():\n    return 'notebook version'\n")
     run(shell, f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\nimport nbhelpers")
@@ -190,6 +197,15 @@ def test_timeline_writes_a_trace(shell, tmp_path, capsys):
     target = tmp_path / "trace.json"
     run(shell, f"%nebula timeline {target}")
     assert target.exists() and "wrote" in capsys.readouterr().out
+
+
+def test_dashboard_shows_the_widgets_dashboard(shell, monkeypatch):
+    notebook_views = pytest.importorskip("nebula.widgets.notebook")
+
+    class FakeDashboard:
+        pass
+    monkeypatch.setattr(notebook_views, "Dashboard", FakeDashboard)
+    assert isinstance(run(shell, "%nebula dashboard"), FakeDashboard)
 
 
 def test_unknown_nebula_command_lists_the_commands(shell):

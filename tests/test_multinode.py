@@ -165,3 +165,30 @@ def test_actor_on_a_dead_node_restarts_on_another():
         assert (node, calls) == (head, 1)  # state rebuilt by __init__ on the surviving node
     finally:
         nebula.shutdown()
+
+
+@nebula.remote
+def doubled(a):
+    return a * 2
+
+
+def test_objects_lost_with_a_node_are_rebuilt_from_lineage_or_reported():
+    nebula.shutdown()
+    nebula.init(address="local", num_nodes=2, num_cpus=1, _node_config={"heartbeat_timeout": 2.0})
+    try:
+        _wait_for_nodes(2)
+        other = nebula.nodes()[1]["NodeID"]
+        source = make_array.options(scheduling_strategy=on(other, soft=True)).remote(2**20)
+        result = doubled.options(scheduling_strategy=on(other, soft=True)).remote(source)
+        nebula.wait([result], timeout=30)
+        put_elsewhere = doubled.options(scheduling_strategy=on(other, soft=True), max_retries=0).remote(source)
+        nebula.wait([put_elsewhere], timeout=30)
+        victim = nebula.api.local_cluster().extra_nodes[0]
+        victim.kill()
+        victim.wait()
+        expected = np.arange(2**20, dtype=np.float64) * 2
+        assert np.array_equal(nebula.get(result, timeout=60), expected)  # rebuilt: doubled(make())
+        with pytest.raises(nebula.exceptions.ObjectLostError, match="died"):
+            nebula.get(put_elsewhere, timeout=60)  # max_retries=0: not rebuilt, and the error says why
+    finally:
+        nebula.shutdown()

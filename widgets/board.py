@@ -60,6 +60,16 @@ class Board:
         for view in self.views:
             view.show_mine(mine)
 
+    def resync(self) -> None:
+        """Send everything again: a browser view that just appeared drew the document as it first was."""
+        with self._held():
+            for view in self.views:
+                view.show_all()
+
+    def browser_controls(self) -> dict[str, str]:
+        """{model id: property} the browser may change; every other browser change is ignored."""
+        return {self.switch.id: "active"}
+
     def close(self) -> None:
         self.feed.close()
 

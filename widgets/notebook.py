@@ -1,8 +1,16 @@
 """The notebook widgets: ``Dashboard()`` and the four views alone, as jupyter_bokeh widgets.
 
-Each widget is a ``BokehModel`` whose document belongs to its own ``DocumentThread``; the
-browser's messages are handed to that thread. jupyter_bokeh echoes every stream and patch
-the kernel sends back to the kernel, which would apply it twice: those echoes are dropped.
+Each widget is a ``BokehModel`` whose document belongs to its own ``DocumentThread``.
+The kernel owns the document; the browser only flips the "this notebook only" switch:
+
+- jupyter_bokeh's browser side echoes back every change the kernel sends (streams, patches,
+  new data, axis factors), late: applied in the kernel, an echo would apply a stream twice or
+  put back data the kernel has since moved past. So every browser change other than the
+  switch is dropped, and the switch is handed to the document's thread.
+- A browser view draws the document as it was when the widget was made (jupyter_bokeh's
+  ``render_bundle``) and then applies the changes it receives, missing those sent before it
+  existed. So the widget counts its views (ipywidgets' ``_view_count``) and sends
+  everything again whenever one appears.
 """
 from __future__ import annotations
 
@@ -14,7 +22,6 @@ from .board import Board
 from .pump import DocumentThread
 from .views import NodeResourcesView, ObjectPlacementView, TaskGraphView, TimelineView
 
-ECHOED_EVENTS = ("ColumnsStreamed", "ColumnsPatched")
 UPDATE_PERIOD = 0.2
 
 
@@ -26,13 +33,25 @@ class LiveWidget(BokehModel):
         self.board = Board(views, per_row=2 if len(views) > 1 else 1)
         super().__init__(self.board.layout, **kwargs)
         self.board.prime()
+        self._controls = self.board.browser_controls()
         self._pump = DocumentThread(self.board.tick, period, name=f"nebula-{type(self).__name__}")
         self._pump.start()
+        self._view_count = 0  # the browser reports each view it makes (and drops)
+        self.observe(self._views_changed, names="_view_count")
 
     def _sync_model(self, model, content: dict, buffers: list) -> None:
-        if content.get("event") == "jsevent" and content.get("kind") in ECHOED_EVENTS:
-            return  # our own stream/patch coming back: the document has it already
-        self._pump.call(super()._sync_model, model, content, buffers)
+        if self._from_control(content):
+            self._pump.call(super()._sync_model, model, content, buffers)
+
+    def _from_control(self, content: dict) -> bool:
+        """Whether a browser message sets a control (rather than echoing the kernel's own change)."""
+        target = content.get("model")
+        return (content.get("event") == "jsevent" and content.get("kind") == "ModelChanged"
+                and isinstance(target, dict) and self._controls.get(target.get("id")) == content.get("attr"))
+
+    def _views_changed(self, change) -> None:
+        if (change["new"] or 0) > (change["old"] or 0) and self._pump is not None:
+            self._pump.call(self.board.resync)
 
     def close(self) -> None:
         pump, self._pump = getattr(self, "_pump", None), None

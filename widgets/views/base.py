@@ -51,11 +51,11 @@ class View:
         self.models = {ALL: self.make_model(None)}
         if owner is not None and self.filterable:
             self.models[MINE] = self.make_model(owner)
-        self._show_all()
+        self.show_all()
 
     def show_mine(self, mine: bool) -> None:
         self.mine = mine
-        self._show_all()
+        self.show_all()
 
     def apply(self, events: list, now: float) -> None:
         for which, model in self.models.items():
@@ -82,7 +82,8 @@ class View:
         if update.props:
             self.apply_props(update.props)
 
-    def _show_all(self) -> None:
+    def show_all(self) -> None:
+        """Replace every source's data with the active model's (a filter switch, a new browser view)."""
         model = self.models[self.active]
         columns = model.columns()
         for name, source in list(self.sources.items()):

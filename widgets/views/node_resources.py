@@ -33,7 +33,7 @@ class NodeResourcesView(View):
 
     def _core_plot(self):
         self.core_nodes = FactorRange(factors=[])
-        plot = figure(title=f"{self.title}: CPU per core (%)", height=170, sizing_mode="stretch_width",
+        plot = figure(title="CPU per core (%)", height=170, sizing_mode="stretch_width",
                       y_range=self.core_nodes, toolbar_location=None, tools="", x_axis_label="core")
         cells = plot.rect(x="core", y="node", width=0.92, height=0.85, source=self.sources["cores"],
                           fill_color=linear_cmap("percent", CORE_PALETTE, 0, 100), line_color="#bdbdbd")
@@ -44,7 +44,7 @@ class NodeResourcesView(View):
 
     def _gauge_plot(self):
         self.gauge_rows = FactorRange(factors=[])
-        plot = figure(title="memory, object store, GPUs (%)", height=170, sizing_mode="stretch_width",
+        plot = figure(title="memory, store, GPUs (%)", height=170, sizing_mode="stretch_width",
                       y_range=self.gauge_rows, x_range=Range1d(0, 100), toolbar_location=None, tools="")
         source = self.sources["gauges"]
         bars = plot.hbar(y="factor", right="value", left=0, height=0.7, source=source, color="color")
