@@ -24,7 +24,7 @@ from IPython.core.magic import Magics, cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 import nebula
-from nebula.exceptions import ActorDiedError, GetTimeoutError, TaskError
+from nebula.exceptions import ActorDiedError, GetTimeoutError, NebulaError
 from nebula.util import NodeAffinitySchedulingStrategy
 
 from .cell_analysis import CellAnalysis, IPythonSyntaxInCell, analyse_cell
@@ -143,9 +143,9 @@ class RemoteMagics(Magics):
         run = self.run_on_all_nodes if request.all_nodes else self.run_in_actor if request.actor else self.run_as_task
         try:
             return run(request)
-        except (TaskError, RemoteCellError, CellShippingError) as exc:
-            # Shown through _render_traceback_ (for a TaskError: the remote frames); dropping the local
-            # frames also stops IPython's sys.last_traceback from keeping this cell's refs alive.
+        except (NebulaError, RemoteCellError, CellShippingError) as exc:
+            # The message (for a TaskError: the remote traceback) says it all; dropping the local frames
+            # also stops IPython's sys.last_traceback from keeping this cell's refs alive.
             raise exc.with_traceback(None) from None
 
     # ---- the three ways to run ------------------------------------------------------------------

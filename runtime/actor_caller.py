@@ -188,6 +188,8 @@ class ActorCaller:
 
     def on_actor_info(self, msg: P.ActorInfo) -> None:
         channel = self._channel(msg.actor_id)
+        if msg.state in ("RESTARTING", "DEAD") and channel.link is not None and channel.link.conn is not None:
+            channel.link.conn.close()  # never read a stale reply from the old incarnation
         channel.waiting_info = msg.state not in ("ALIVE", "DEAD")
         channel.state, channel.reason = msg.state, msg.reason
         channel.max_task_retries = msg.max_task_retries

@@ -200,6 +200,16 @@ class NodeAgent:
         self.objects.drop_client(msg.client_id)
         self.actors.owner_gone(msg.client_id)
 
+    def reset_for_rejoin(self) -> None:
+        """Drop every worker (their leases and actors end) and every object this node holds."""
+        from .exceptions import ObjectLostError
+        from .session import encode_system_error
+        for worker in list(self.workers.values()):
+            worker.popen.kill()
+        for rec in list(self.objects.records.values()):
+            err = ObjectLostError(rec.object_id, "its node was cut off from the cluster and rejoined")
+            self._answer_waiters(self.objects.fail(rec.object_id, encode_system_error(err)))
+
     def exit_now(self) -> None:
         self.stop_workers()
         os._exit(1)

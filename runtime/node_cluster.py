@@ -114,16 +114,18 @@ class ClusterLinks:
         info = self.view.get(peer.peer_node)
         if info is None:
             return
-        if not info.alive:  # it was only slow (or cut off and healed): take it back
-            log.warning("node %s is heartbeating again: marked alive", peer.peer_node[:8])
-            info.alive = True
-            self.peers[peer.peer_node] = peer
-            self.node.emit("node", peer.peer_node, "ALIVE", address=info.address)
+        if not info.alive:  # back after being declared dead: it must rejoin as a new incarnation
+            peer.conn.send(P.ClusterView(self.node.node_id, list(self.view.values())))
+            return
         info.resources_available, info.store_used = dict(msg.available), msg.store_used
         self.last_beat[peer.peer_node] = time.monotonic()
 
     def on_view(self, peer, msg: P.ClusterView) -> None:
         self.head_id = msg.head_id
+        me = next((n for n in msg.nodes if n.node_id == self.node.node_id), None)
+        if me is not None and not me.alive and not getattr(self, "rejoining", False):
+            self._rejoin()
+            return
         dead = [n.node_id for n in msg.nodes if not n.alive and self.view.get(n.node_id, n).alive]
         self.view = {n.node_id: n for n in msg.nodes}
         self.view[self.node.node_id] = self._own_info()
@@ -142,6 +144,17 @@ class ClusterLinks:
                 self.head_link.conn.send(P.NodeHeartbeat(dict(self.node.pool.available),
                                                          self.node.objects.allocator.used))
 
+    def _rejoin(self) -> None:
+        """The head declared us dead (we were cut off): whatever we ran or held may already
+        have been redone elsewhere, so drop every worker and object, then join afresh."""
+        log.warning("the head declared this node dead (cut off?); dropping its workers and objects and rejoining")
+        self.rejoining = True
+        self.node.reset_for_rejoin()
+        self.incarnation = os.urandom(4).hex()
+        self.head_link.conn.send(P.NodeHello(self.node.node_id, self.tcp_address, self.node.pool.total,
+                                             self.incarnation))
+        self.rejoining = False
+
     def _expire_members(self) -> None:
         now = time.monotonic()
         for node_id, info in self.view.items():
@@ -158,6 +171,7 @@ class ClusterLinks:
 
     def _node_dead(self, node_id: str) -> None:
         self.node.emit("node", node_id, "DEAD")
+        self._tell_lease_holders(node_id)
         self._actors_lost_with(node_id)
         peer = self.peers.pop(node_id, None)
         if peer is not None:
@@ -183,6 +197,13 @@ class ClusterLinks:
 
     def _lost_text(self, object_id: str) -> str:
         return f"its only copy was on node {self.lost[object_id][:8]}, which died"
+
+    def _tell_lease_holders(self, node_id: str) -> None:
+        for lease_id, (home, client_id, worker_id, _shape) in list(self.remote_leases.items()):
+            if home == node_id:
+                client = self.node.clients.get(client_id)
+                if client is not None:
+                    client.conn.send(P.WorkerDied(worker_id, f"its node ({node_id[:8]}) died or was cut off", -1))
 
     def peer_lost(self, peer) -> None:
         node_id = getattr(peer, "peer_node", "")

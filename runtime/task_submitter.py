@@ -446,9 +446,18 @@ class TaskSubmitter:
 
     def on_worker_died(self, msg: P.WorkerDied) -> None:
         self.death_info[msg.worker_id] = msg.description
+        self._close_links_to(msg.worker_id)
         for lease in self.awaiting_death.pop(msg.worker_id, ()):
             self._worker_failed(lease)  # the later timer finds nothing left in flight
         self.session.actors.on_worker_died(msg)
+
+    def _close_links_to(self, worker_id: str) -> None:
+        """A worker reported dead (e.g. its node was cut off): drop our link to it now, so a
+        late, stale result can never arrive on it; its tasks are retried or failed."""
+        for leases in self.leases.values():
+            for lease in leases:
+                if lease.worker_id == worker_id and lease.link.conn is not None and not lease.link.closed:
+                    lease.link.conn.close()
 
     def _worker_failed(self, lease: Lease) -> None:
         self.awaiting_death.pop(lease.worker_id, None)

@@ -84,6 +84,11 @@ RUN_IN_KERNEL = """async (code) => {
     return {out, error};
 }"""
 
+STATUS_SAYS = """(words) => Bokeh.documents.some(doc => {
+    const status = doc.get_model_by_name("nebula_status");
+    return status != null && status.text.includes(words);
+})"""
+
 KERNEL_IDLE = """() => {
     const widget = window.jupyterapp && window.jupyterapp.shell.currentWidget;
     const kernel = widget && widget.sessionContext && widget.sessionContext.session
@@ -316,7 +321,7 @@ def test_the_dashboard_page_loads_with_the_token_and_follows_the_cluster(lab, br
     page.goto(f"{lab.url}nebula/dashboard?token={TOKEN}")
     assert page.url == f"{lab.url}nebula/dashboard"          # the token does not stay in the page's URL
     page.locator(".bk-Canvas >> visible=true").first.wait_for(timeout=30_000)
-    page.wait_for_function("() => document.body.innerText.includes('connected as client')", timeout=30_000)
+    page.wait_for_function(STATUS_SAYS, arg="connected as client", timeout=30_000, polling=200)
     run_in_kernel(notebook, "nebula.get([step.remote(i) for i in range(12)])")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -27,7 +27,7 @@ class Board:
         self.feed = ClusterFeed()
         self.not_connected = not_connected
         self._primed: tuple | None = None
-        self.status = Div(text=not_connected, styles={"font-size": "12px", "color": "#555"})
+        self.status = Div(text=not_connected, styles={"font-size": "12px", "color": "#555"}, name="nebula_status")
         self.switch = Switch(active=False, visible=switch, name="mine_switch")
         self.switch.on_change("active", lambda _attr, _old, new: self.show_mine(new))
         label = Div(text="this notebook only", visible=switch, styles={"font-size": "12px"})
