@@ -29,6 +29,10 @@ class ClusterConflict(RuntimeError):
     """The request cannot apply to this server's cluster (e.g. stopping one it only attached to)."""
 
 
+class ClusterUnreachable(RuntimeError):
+    """The cluster this server points its kernels at does not answer."""
+
+
 class ClusterKeeper:
     """Starts, stops and describes the server's cluster; see the module docstring."""
 
@@ -49,7 +53,7 @@ class ClusterKeeper:
 
     @property
     def running(self) -> bool:
-        return self.attached or self.cluster is not None
+        return self.attached or (self.cluster is not None and self.cluster.popen.poll() is None)
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -58,7 +62,8 @@ class ClusterKeeper:
         with self.lock:
             if self.attached:
                 _export(*self._attached_target())
-            elif self.cluster is None:
+            elif not self.running:  # never started, or its node agent died
+                nebula.shutdown()
                 self.cluster = start_local_cluster(num_cpus=self.num_cpus)
                 _export(self.cluster.address, os.path.join(self.cluster.session_dir, "token"))
                 self.log.info("Nebula: cluster started at %s for this server's kernels", self.cluster.address)
@@ -112,9 +117,14 @@ class ClusterKeeper:
         return self.address if self.attached else ""
 
     def _snapshot(self):
-        if not nebula.is_initialized():
-            nebula.init()
-        return nebula.state.snapshot()
+        try:
+            if not nebula.is_initialized():
+                nebula.init()
+            return nebula.state.snapshot()
+        except Exception as exc:  # noqa: BLE001 - any failure to connect or ask means the same
+            nebula.shutdown()  # reconnect next time
+            raise ClusterUnreachable(f"the cluster at {self._address()} does not answer ({exc}); if it was "
+                                     "stopped outside this server, POST nebula/api/cluster/start") from exc
 
 
 def snapshot_summary(snapshot) -> dict:

@@ -203,9 +203,13 @@ class RemoteMagics(Magics):
                         result_as_dict=request.no_block)
 
     def _actor(self, request: CellRequest):
-        handle = self.actors.get(request.actor)
-        if handle is None:
-            handle = self.actors[request.actor] = _named_actor(request)
+        handle = self.actors.get(request.actor) or _named_actor(request)
+        try:
+            handle.run_cell
+        except AttributeError:
+            raise UsageError(f"--actor {request.actor}: an actor of that name exists but is not a %%remote "
+                             "namespace; choose another name") from None
+        self.actors[request.actor] = handle
         return handle
 
     def _finish(self, request: CellRequest, ref):

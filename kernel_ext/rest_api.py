@@ -1,6 +1,7 @@
 """The REST API under ``<base_url>/nebula/api/``, behind jupyter_server's authentication.
 
     GET  cluster           the cluster: nodes, resources, running tasks, workers, actors, objects
+                           (503 when the cluster does not answer)
     POST cluster/start     start the server's cluster (no-op when running)
     POST cluster/stop      stop it (409 when the server only attached to a cluster)
     POST cluster/scale     change the number of nodes (501 until multi-node local clusters exist)
@@ -17,7 +18,7 @@ import tornado.web
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 
-from .cluster_keeper import ClusterConflict
+from .cluster_keeper import ClusterConflict, ClusterUnreachable
 
 
 class NebulaHandler(ExtensionHandlerMixin, APIHandler):
@@ -40,15 +41,18 @@ class ClusterHandler(NebulaHandler):
     async def get(self):
         app = self.extensionapp
         if app.starts_on_first_use:
-            await self.run_keeper(app.keeper.start)
-        self.reply(await self.run_keeper(app.keeper.describe))
+            await app.start_cluster()
+        try:
+            self.reply(await self.run_keeper(app.keeper.describe))
+        except ClusterUnreachable as exc:
+            self.refuse(503, str(exc))
 
 
 class ClusterStartHandler(NebulaHandler):
     @tornado.web.authenticated
     async def post(self):
         keeper = self.extensionapp.keeper
-        await self.run_keeper(keeper.start)
+        await self.extensionapp.start_cluster()
         self.extensionapp.stopped_by_request = False
         self.reply(await self.run_keeper(keeper.describe))
 

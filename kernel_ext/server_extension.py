@@ -85,6 +85,14 @@ class NebulaApp(ExtensionApp):
         """Run a blocking keeper call on the extension's one worker thread."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, method, *args)
 
+    async def start_cluster(self) -> None:
+        """Start the cluster if it is not running; kernels that restart later get its address."""
+        await self.run_blocking(self.keeper.start)
+        manager = self.serverapp.kernel_manager
+        if hasattr(manager, "update_env"):  # jupyter_client >= 8.5; a restart reuses the start environment
+            for kernel_id in manager.list_kernel_ids():
+                manager.update_env(kernel_id=kernel_id, env=exported_env())
+
     def _start_cluster_before_first_kernel(self) -> None:
         # The kernel manager spawns a kernel with the server's os.environ: exporting the cluster's
         # address there just before the first kernel starts is what lets it join with plain init().
@@ -93,7 +101,7 @@ class NebulaApp(ExtensionApp):
 
         async def start_kernel_in_cluster(*args, **kwargs):
             if self.starts_on_first_use and not self.keeper.running:
-                await self.run_blocking(self.keeper.start)
+                await self.start_cluster()
                 if kwargs.get("env") is not None:  # the session manager copied os.environ already
                     kwargs["env"] = {**kwargs["env"], **exported_env()}
             return await start_kernel(*args, **kwargs)

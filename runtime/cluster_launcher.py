@@ -33,7 +33,7 @@ def start_from_cli(args) -> int:
     else:
         config.update(tcp_host=args.host or _route_to(args.address), join=args.address, prestart_workers=0)
     if args.block:
-        return _run_blocking(config, token, session_dir)
+        return _run_blocking(config, token, session_dir, token_file if args.head else "")
     unix_address, tcp_address = _start_detached(config, token, session_dir)
     if args.head:
         _write_current(tcp_address, unix_address, token_file, session_dir)
@@ -87,11 +87,13 @@ def _start_extra_node(args, head_address: str, token: bytes) -> None:
     _start_detached(config, token, node_dir)
 
 
-def _run_blocking(config: dict, token: bytes, session_dir: str) -> int:
+def _run_blocking(config: dict, token: bytes, session_dir: str, head_token_file: str) -> int:
     log_file = open(os.path.join(session_dir, "logs", "node.out"), "ab")
     popen = spawn_child([sys.executable, "-m", "nebula.node_main"], env=_node_env(config, token),
                         stdout=log_file, stderr=log_file, name="node agent")
     unix_address, tcp_address = _wait_ready(popen, session_dir)
+    if head_token_file:
+        _write_current(tcp_address, unix_address, head_token_file, session_dir)
     print(f"node agent running at {tcp_address} (session {session_dir}); Ctrl-C stops it", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:

@@ -72,8 +72,17 @@ class ClusterLinks:
             await self._join_head()
         self.node.loop.create_task(self._beat_loop())
 
-    async def _join_head(self) -> None:
-        peer = await self._open_peer(self.head_address, "head")
+    async def _join_head(self, patience: float = 60.0) -> None:
+        """Connect to the head, retrying while it is still starting (or briefly unreachable)."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                peer = await self._open_peer(self.head_address, "head")
+                break
+            except ConnectionError as exc:
+                if time.monotonic() > deadline:
+                    raise ConnectionError(f"cannot join the head at {self.head_address}: {exc}") from None
+                await asyncio.sleep(0.5)
         peer.conn.send(P.NodeHello(self.node.node_id, self.tcp_address, self.node.pool.total, self.incarnation))
         self.head_link = peer
 
@@ -211,12 +220,21 @@ class ClusterLinks:
             del self.peers[node_id]
         self._requeue_forwarded(node_id)
         if not self.is_head and peer is getattr(self, "head_link", None):
-            self.node.loop.call_later(self.heartbeat_timeout, self._head_gone_check)
+            self.node.loop.create_task(self._reach_head_again())
 
-    def _head_gone_check(self) -> None:
-        if self.head_link.conn.closed:
+    async def _reach_head_again(self) -> None:
+        """Lost the head: try to rejoin (as a new incarnation) for a while, else stop."""
+        try:
+            await self._join_head(patience=self.heartbeat_timeout + self.node.config.get("head_grace", 5.0))
+        except ConnectionError:
             log.error("the head is gone; this node stops (its workers end with it)")
-            self.node.loop.call_later(self.node.config.get("head_grace", 2.0), self.node.exit_now)
+            self.node.exit_now()
+            return
+        log.warning("reconnected to the head; rejoining as a new incarnation")
+        self.node.reset_for_rejoin()
+        self.incarnation = os.urandom(4).hex()
+        self.head_link.conn.send(P.NodeHello(self.node.node_id, self.tcp_address, self.node.pool.total,
+                                             self.incarnation))
 
     def alive_nodes(self) -> list[P.NodeInfo]:
         return [n for n in self.view.values() if n.alive]

@@ -45,6 +45,7 @@ class Worker:
         self.inbox: queue.Queue = session.worker_inbox
         self.current: P.ExecuteTask | None = None
         self.cancelled: set[str] = set()
+        self.children: dict[str, list] = {}  # running task id -> ids of the tasks it submitted
         self.actor = None
         self.actor_id = ""
         self.actor_pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -95,8 +96,7 @@ class Worker:
             return
         if msg.force:
             os._exit(1)
-        children = getattr(self.session.current_task, "children", None) or []
-        for child in list(children):
+        for child in list(self.children.get(msg.task_id, ())):  # this runs on the I/O thread
             self.session.tasks.cancel(child, False)
         signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
 
@@ -136,6 +136,7 @@ class Worker:
     def _enter_task(self, spec: P.ExecuteTask, conn: wire.Connection) -> None:
         local = self.session.current_task
         local.task_id, local.borrowed, local.children = spec.task_id, [], []
+        self.children[spec.task_id] = local.children
         local.gpu_ids, local.actor_id, local.job_id = list(spec.gpu_ids), self.actor_id, spec.job_id
         if spec.gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in spec.gpu_ids)
@@ -149,6 +150,7 @@ class Worker:
     def _leave_task(self) -> None:
         local = self.session.current_task
         self.capture.end(local.task_id)
+        self.children.pop(local.task_id, None)
         if local.borrowed:
             self.session.confirm_borrows()
         local.task_id = None

@@ -362,6 +362,23 @@ def test_cancel_a_task_waiting_for_its_arguments(cluster, tmp_path):
         nebula.get(blocker, timeout=10)
 
 
+@nebula.remote
+def wait_for_child(path):
+    return nebula.get(sleep_and_report.remote(path))
+
+
+def test_cancelling_a_task_blocked_in_get_cancels_its_children(cluster, tmp_path):
+    child_file = tmp_path / "child"
+    parent = wait_for_child.remote(str(child_file))
+    assert wait_until(child_file.exists, timeout=20)
+    child_pid = int(child_file.read_text())
+    nebula.cancel(parent)
+    with pytest.raises(TaskCancelledError):
+        nebula.get(parent, timeout=2)
+    assert wait_until(lambda: nebula.available_resources().get("CPU") == 2)  # the child stopped too
+    assert _running(child_pid)  # interrupted, not killed
+
+
 # ---- forks -------------------------------------------------------------------------------
 
 def test_forked_child_gets_a_clear_error(cluster):

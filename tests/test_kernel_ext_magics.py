@@ -167,6 +167,13 @@ def test_actor_reports_missing_pulls_and_pushes(shell):
         run(shell, "%%remote --actor acc --push not_in_notebook\n1")
 
 
+def test_actor_name_taken_by_another_actor_is_refused(shell):
+    run(shell, "@nebula.remote\nclass Plain:\n    def ping(self):\n        return 1\n"
+               "plain = Plain.options(name='plain_actor', num_cpus=0).remote()")
+    with pytest.raises(UsageError, match="not a %%remote namespace"):
+        run(shell, "%%remote --actor plain_actor\n1")
+
+
 def test_detached_actor_is_detached(shell):
     run(shell, "%%remote --actor keeper --detached\nstate = 1")
     actor = next(a for a in nebula.state.snapshot().actors if a["name"] == "keeper")

@@ -1,6 +1,7 @@
 """Process lifecycle: init/shutdown, auto-init, joining, leaks, thread safety, task output."""
 from __future__ import annotations
 
+import glob
 import os
 import re
 import signal
@@ -227,6 +228,8 @@ def test_init_shutdown_init(cluster):
 def test_shutdown_leaves_no_processes_and_no_shared_memory():
     import numpy as np
     nebula.shutdown()
+    earlier = set(store_mappings())  # e.g. arrays an earlier failed test's traceback still holds
+    shm_before = set(glob.glob("/dev/shm/*nebula*"))
     nebula.init(num_cpus=2, object_store_memory="64MiB")
 
     @nebula.remote
@@ -241,12 +244,13 @@ def test_shutdown_leaves_no_processes_and_no_shared_memory():
     assert float(nebula.get(nebula.put(np.ones(1 << 20))).sum()) == float(1 << 20)
     pids = [p.pid for p in our_nebula_processes()]
     assert len(pids) >= 3  # the node agent, task workers, the actor
-    assert store_mappings()
+    assert set(store_mappings()) - earlier
     del refs, holder
     nebula.shutdown()
     assert wait_until(lambda: not alive(pids), timeout=3), alive(pids)
     assert not our_nebula_processes()
-    assert wait_until(lambda: not store_mappings(), timeout=2), store_mappings()
+    assert wait_until(lambda: not set(store_mappings()) - earlier, timeout=2), store_mappings()
+    assert not set(glob.glob("/dev/shm/*nebula*")) - shm_before
 
 
 def test_auto_init_on_first_remote_and_put(tmp_path):

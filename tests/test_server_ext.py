@@ -85,14 +85,8 @@ class Server:
         client.load_connection_file()
         client.start_channels()
         self.kernel_clients.append(client)
-        deadline = time.monotonic() + 60
-        while True:  # its heartbeat may not beat yet: wait_for_ready then says "died"; ask again
-            try:
-                client.wait_for_ready(timeout=10)
-                return client
-            except RuntimeError:
-                assert time.monotonic() < deadline, "the kernel did not start: " + self.log_text()
-                time.sleep(0.5)
+        wait_ready(client)
+        return client
 
     def stop(self) -> None:
         kernels = [p for p in _descendants(self.process.pid) if "ipykernel" in " ".join(_cmdline(p))]
@@ -104,6 +98,17 @@ class Server:
         for proc in kernels:
             _kill_quietly(proc)
         self.log.close()
+
+
+def wait_ready(client: BlockingKernelClient, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:  # its heartbeat may not beat yet: wait_for_ready then says "died"; ask again
+        try:
+            client.wait_for_ready(timeout=10)
+            return
+        except RuntimeError:
+            assert time.monotonic() < deadline, "the kernel did not start"
+            time.sleep(0.5)
 
 
 def _auth(token: bool) -> dict:
@@ -237,6 +242,38 @@ def test_stop_and_start_through_the_api(server):
     assert server.cluster()["running"] is False  # an explicit stop is not undone by the next GET
     started = server.post("nebula/api/cluster/start").json()
     assert started["running"] and started["nodes"][0]["alive"]
+
+
+def test_a_cluster_that_died_starts_again_on_next_use(server):
+    old = server.cluster()
+    for agent in server.nebula_processes():
+        if "nebula.node_main" in " ".join(_cmdline(agent)):
+            agent.kill()
+    time.sleep(0.5)
+    new = server.cluster()
+    assert new["running"] and new["address"] != old["address"] and new["nodes"][0]["alive"]
+    kernel_id = server.get("api/kernels").json()[0]["id"]
+    assert server.post(f"api/kernels/{kernel_id}/restart").status_code == 200
+    kernel = server.kernel_clients[0]
+    wait_ready(kernel)
+    node_id, _ = run_in_kernel(kernel, JOIN_AND_RUN).split()  # a restarted kernel joins the new cluster
+    assert node_id == new["nodes"][0]["node_id"]
+
+
+def test_an_unreachable_attached_cluster_is_reported(tmp_path, monkeypatch):
+    import nebula
+    from nebula.kernel_ext.cluster_keeper import ClusterKeeper, ClusterUnreachable
+    if nebula.is_initialized():
+        pytest.skip("this process is connected to a cluster already")
+    token = tmp_path / "token"
+    token.write_text("0" * 64)
+    monkeypatch.setenv("NEBULA_ADDRESS", "")  # restored afterwards: start() exports the attached address
+    monkeypatch.setenv("NEBULA_TOKEN_FILE", "")
+    keeper = ClusterKeeper(address=f"unix:{tmp_path}/nobody.sock", token_file=str(token))
+    keeper.start()
+    with pytest.raises(ClusterUnreachable, match="does not answer"):
+        keeper.describe()
+    assert not nebula.is_initialized()
 
 
 # ---- the cluster ends with the server ----------------------------------------------------------------

@@ -303,7 +303,7 @@ def test_placement_and_resources_in_the_browser_match_the_kernels_snapshot(noteb
         raise AssertionError(f"the browser never matched the kernel's snapshot; last seen: {last}")
     assert truth["count"] >= TASKS + 1
     cells = read_source(notebook, "object_placement.cells")
-    assert sum(1 for alpha in cells["alpha"] if alpha > 0) == truth["count"]
+    assert sum(1 for category in cells["category"] if category != "freed") == truth["count"]
     assert sum("step (task" in label for label in cells["task"]) == TASKS
     gauges = read_source(notebook, "node_resources.gauges")
     assert any(text.startswith("object store:") for text in gauges["text"])

@@ -142,7 +142,8 @@ def test_a_board_keeps_its_bokeh_sources_equal_to_its_models_and_filters_by_owne
     for view in board.views:
         model = view.models[view.active]
         for name, columns in model.columns().items():
-            assert dict(view.sources[name].data) == columns, (type(view).__name__, name)
+            shown = {column: list(values) for column, values in view.sources[name].data.items()}
+            assert shown == columns, (type(view).__name__, name)
     board.switch.active = True               # "this notebook only": everything here is this process's
     assert sorted(graph.sources["tasks"].data["key"]) == sorted(graph.models["mine"].columns()["tasks"]["key"])
     assert len(graph.sources["tasks"].data["key"]) == len(graph.models["all"].columns()["tasks"]["key"])

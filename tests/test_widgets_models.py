@@ -291,7 +291,7 @@ def test_placement_spill_restore_and_free_move_counts_and_reuse_the_cell():
     feed(model, browser, [ev("object", "o1" * 14, "FREED", owner=ME)])        # the owner's own: no store change
     assert model.totals(N1)["counts"]["primary"] == 2
     [update] = feed(model, browser, [ev("object", "o1" * 14, "FREED", size=1000, node=N1)])
-    assert update.patch["cells"]["alpha"] == [(0, 0.0)]
+    assert math.isnan(update.patch["cells"]["x"][0][1]) and update.patch["cells"]["category"] == [(0, "freed")]
     [update] = feed(model, browser, [sealed("o3" * 14, size=10)])
     assert "cells" not in update.stream                                        # the freed cell is reused
     assert dict(update.patch["cells"]["object"]) == {0: ("o3" * 14)[:8]}

@@ -8,6 +8,11 @@ A source is Markdown with code cells fenced as in MyST/Jupytext::
     print("a code cell")
     ```
 
+    ```{code-cell}
+    :tags: [raises-exception]
+    1 / 0          # a cell meant to fail: the tests run past it
+    ```
+
 Front matter between ``---`` lines at the very top becomes the notebook's ``nebula``
 metadata (``key: value`` lines, values split on commas), e.g. ``requires: multi_node``.
 Notebooks are written with outputs empty and execution counts null, and cell ids derived
@@ -43,7 +48,10 @@ def split_front_matter(lines: list[str]) -> tuple[dict, list[str]]:
 
 
 def parse_cells(lines: list[str]) -> list[tuple[str, str]]:
-    """(kind, text) for each cell of a source, kind being "markdown" or "code"."""
+    """(kind, text) for each cell of a source, kind being "markdown" or "code".
+
+    A code cell's text keeps a leading ``:tags: [...]`` line; ``split_tags`` takes it off.
+    """
     cells, chunk, in_code = [], [], False
     for line in lines:
         if not in_code and line.strip() in (CODE_OPEN, CELL_BREAK):
@@ -60,6 +68,15 @@ def parse_cells(lines: list[str]) -> list[tuple[str, str]]:
     return [(kind, text.strip("\n")) for kind, text in cells if text.strip()]
 
 
+def split_tags(text: str) -> tuple[list[str], str]:
+    """The tags of a ``:tags: [a, b]`` first line of a code cell, and the code after it."""
+    first, _, rest = text.partition("\n")
+    if not first.startswith(":tags:"):
+        return [], text
+    tags = first[len(":tags:"):].strip().strip("[]")
+    return [t.strip() for t in tags.split(",") if t.strip()], rest
+
+
 def build_notebook(source: Path) -> nbformat.NotebookNode:
     meta, lines = split_front_matter(source.read_text().splitlines())
     nb = nbformat.v4.new_notebook()
@@ -67,8 +84,11 @@ def build_notebook(source: Path) -> nbformat.NotebookNode:
     if meta:
         nb.metadata["nebula"] = meta
     for index, (kind, text) in enumerate(parse_cells(lines)):
-        make = nbformat.v4.new_code_cell if kind == "code" else nbformat.v4.new_markdown_cell
-        cell = make(text)
+        if kind == "code":
+            tags, code = split_tags(text)
+            cell = nbformat.v4.new_code_cell(code, metadata={"tags": tags} if tags else {})
+        else:
+            cell = nbformat.v4.new_markdown_cell(text)
         cell.id = hashlib.sha1(f"{source.stem}:{index}".encode()).hexdigest()[:12]
         nb.cells.append(cell)
     nbformat.validate(nb)

@@ -54,7 +54,8 @@ class ClusterFeed:
         self._unsubscribe()
         self.client_id = None
 
-    def _receive(self, batch: list[Event]) -> None:
+    def receive(self, batch: list[Event]) -> None:
+        """The subscription's callback (the delivery thread): buffer ``batch`` for the next poll."""
         with self._lock:
             self._buffer.extend(batch)
             excess = len(self._buffer) - self._limit
@@ -65,7 +66,7 @@ class ClusterFeed:
 
     def _connect(self) -> list[Event]:
         try:
-            self._subscription = nebula.state.subscribe(self._receive)
+            self._subscription = nebula.state.subscribe(self.receive)
             snapshot = nebula.state.snapshot()
         except Exception:  # the cluster went away meanwhile: try again on the next poll
             log.warning("could not subscribe to the cluster's state feed", exc_info=True)

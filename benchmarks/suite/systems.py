@@ -1,6 +1,7 @@
 """Which systems the suite runs, the Python each runs under, and whether it works here."""
 
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 
@@ -51,6 +52,8 @@ def probe(name, python):
     """Check the system imports (and for nebula, runs); return it with its version or why not."""
     if python is None:
         return System(name, None, absent_because=f"no interpreter: set {PEER_ENV_VARS[name]}")
+    if shutil.which(python) is None:
+        return System(name, python, absent_because=f"{python} is not an executable")
     done = launch([python, "-c", PROBES[name]], PROBE_TIMEOUT_S)
     if done.returncode != 0 or done.timed_out:
         why = "probe timed out" if done.timed_out else _last_line(done.stderr)

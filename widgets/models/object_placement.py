@@ -213,8 +213,8 @@ class ObjectPlacementModel:
         store.add(copy.category, copy.size, -1)
         if copy.slot is None:
             store.undrawn -= 1
-        else:
-            self.cells.set((node, copy.slot), category=FREED, alpha=0.0, object="", task="", bytes="")
+        else:  # off the plot (x NaN: neither drawn nor hovered) until the place is taken again
+            self.cells.set((node, copy.slot), x=math.nan, category=FREED)
             heapq.heappush(store.free_slots, copy.slot)
 
     # ---- cells ------------------------------------------------------------------------------------

@@ -12,8 +12,7 @@ from .tasks import (CANCELLED, DONE, FAILED, ActorDirectory, BoundedMap, duratio
                     view_state)
 from .update import RowTable, Update
 
-COLUMNS = ("key", "lane", "start", "end", "name", "color", "outline", "alpha", "state", "node", "worker",
-           "duration")
+COLUMNS = ("key", "lane", "start", "end", "name", "color", "outline", "alpha", "state", "duration")
 UNKNOWN_LANE = "unknown worker"
 OVERFLOW_LANE = ("", "more")
 FAILED_OUTLINE = "#de2d26"
@@ -78,8 +77,7 @@ class TimelineModel:
         node, pid = self._where(event, actor)
         self.bars.add(key, {"key": f"{event.id}:{run}", "lane": self._lane(node, pid, actor), "start": event.time * 1e3,
                             "end": event.time * 1e3, "name": name, "color": function_color(name),
-                            "outline": function_color(name), "alpha": 0.5, "state": "running",
-                            "node": short(node), "worker": f"pid {pid}" if pid else "", "duration": ""})
+                            "outline": function_color(name), "alpha": 0.5, "state": "running", "duration": ""})
 
     def _close_bar(self, event, state: str) -> None:
         start, end = event.get("start"), event.get("end")

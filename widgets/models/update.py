@@ -78,10 +78,11 @@ class RowTable:
         if at is None:
             return
         row = self._row(at)
-        row.update(values)
-        if at < self.first + len(self.rows) and not self.replaced:
-            for column, value in values.items():
+        live = at < self.first + len(self.rows) and not self.replaced
+        for column, value in values.items():
+            if live and row[column] != value:  # only what changed reaches the browser
                 self.patches[(at - self.first, column)] = value
+            row[column] = value
 
     def reset(self, keyed_rows) -> None:
         """New contents for the whole source: the browser gets them as one replace."""

@@ -7,8 +7,7 @@ from bokeh.plotting import figure
 from ..models.timeline import TimelineModel
 from .base import View
 
-TOOLTIPS = [("function", "@name"), ("state", "@state"), ("node", "@node"), ("worker", "@worker"),
-            ("duration", "@duration")]
+TOOLTIPS = [("function", "@name"), ("state", "@state"), ("node · worker", "@lane"), ("duration", "@duration")]
 FOLLOW_MS = 60_000
 
 
