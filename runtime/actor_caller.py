@@ -186,8 +186,18 @@ class ActorCaller:
             channel.waiting_info = True
             self.session.node.send(P.WaitActor(next(self.session.request_ids), channel.actor_id))
 
+    def on_killed(self, actor_id: str) -> None:
+        """This process called nebula.kill(): fail what is pending now; the actor never comes back."""
+        channel = self._channel(actor_id)
+        channel.state, channel.reason = "DEAD", "killed by nebula.kill()"
+        if channel.orphaned:
+            self._fail_orphaned(channel, "DEAD", channel.reason)
+        self._fail_all(channel)
+
     def on_actor_info(self, msg: P.ActorInfo) -> None:
         channel = self._channel(msg.actor_id)
+        if channel.state == "DEAD" and msg.state != "DEAD":
+            return  # a stale answer: a dead actor stays dead
         if msg.state in ("RESTARTING", "DEAD") and channel.link is not None and channel.link.conn is not None:
             channel.link.conn.close()  # never read a stale reply from the old incarnation
         channel.waiting_info = msg.state not in ("ALIVE", "DEAD")

@@ -278,7 +278,10 @@ def kill(actor, *, no_restart: bool = True) -> None:
     from . import protocol as P
     if not hasattr(actor, "_actor_id"):
         raise TypeError(f"nebula.kill() takes an actor handle, got {type(actor).__name__}")
-    session_module.current_session().send_node(P.KillActor(actor._actor_id, no_restart))
+    session = session_module.current_session()
+    session.send_node(P.KillActor(actor._actor_id, no_restart))
+    if no_restart:  # calls made after kill() fail at once, even before the process is gone
+        session.post(session.actors.on_killed, actor._actor_id)
 
 
 def get_actor(name: str, namespace: str | None = None):

@@ -91,6 +91,7 @@ class TaskSubmitter:
         self.result_handlers: dict[str, object] = {}
         self._options_cache: dict[int, tuple] = {}
         self.lineage: collections.OrderedDict[str, PendingTask] = collections.OrderedDict()
+        self.activating: dict[tuple, int] = {}  # leases granted whose worker link is still opening
 
     # ---- caller thread --------------------------------------------------------------------
 
@@ -214,7 +215,7 @@ class TaskSubmitter:
             self._cancel_lease_requests(key)
 
     def _request_leases(self, key, queued: int) -> None:
-        outstanding = sum(1 for k in self.lease_requests.values() if k == key)
+        outstanding = sum(1 for k in self.lease_requests.values() if k == key) + self.activating.get(key, 0)
         for _ in range(min(queued, MAX_LEASE_REQUESTS) - outstanding):
             rid = next(self.session.request_ids)
             self.lease_requests[rid] = key
@@ -235,17 +236,22 @@ class TaskSubmitter:
             return
         link = self.link_for(msg.address)
         lease = Lease(msg, key, link)
+        self.activating[key] = self.activating.get(key, 0) + 1
         self.session.loop.create_task(self._activate(lease))
 
     async def _activate(self, lease: Lease) -> None:
         try:
             await asyncio.shield(lease.link.ready)
+            reachable = True
         except Exception as exc:  # noqa: BLE001 - the worker vanished before we connected
             log.debug("lease %s: cannot reach worker: %s", lease.lease_id, exc)
+            reachable = False
+        finally:
+            self.activating[lease.key] -= 1
+        if reachable:
+            self.leases.setdefault(lease.key, []).append(lease)
+        else:
             self.session.node.send(P.ReturnLease(lease.lease_id))
-            self._pump(lease.key)
-            return
-        self.leases.setdefault(lease.key, []).append(lease)
         self._pump(lease.key)
 
     def on_lease_failed(self, msg: P.LeaseFailed) -> None:

@@ -180,6 +180,8 @@ class Worker:
         return P.TaskResult(spec.task_id, error=b"T" + payload, start=start, end=time.time())
 
     def _resolve_call(self, spec: P.ExecuteTask):
+        if spec.method and getattr(self, "exiting", False):
+            raise ExitActor()  # calls that arrive after exit_actor() while the process winds down
         if spec.method:
             if self.actor is None:
                 raise ActorDiedError("this worker hosts no actor (it restarted?)")

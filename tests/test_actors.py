@@ -261,15 +261,16 @@ def test_four_actors_alive_on_two_cpus(cluster):
 # ---- deaths, restarts, exits -------------------------------------------------------------
 
 def test_kill_makes_later_calls_fail_with_actor_died_error(cluster):
-    counter = Counter.remote()
-    pid = nebula.get(counter.pid.remote())
-    nebula.kill(counter)
-    with pytest.raises(ActorDiedError):
-        nebula.get(counter.increment.remote(), timeout=20)
+    counters = [Counter.remote() for _ in range(3)]
+    pids = nebula.get([c.pid.remote() for c in counters], timeout=30)
+    for counter in counters:
+        nebula.kill(counter)
+        with pytest.raises(ActorDiedError, match="kill"):  # even while its process is still exiting
+            nebula.get(counter.increment.remote(), timeout=20)
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
         time.sleep(0.05)
-    assert not _alive(pid)
+    assert not any(_alive(pid) for pid in pids)
 
 
 def _alive(pid: int) -> bool:
@@ -335,8 +336,10 @@ def test_exit_actor_ends_the_actor(cluster):
 
     actor = Quitter.remote()
     assert nebula.get(actor.ping.remote()) == "pong"
-    with pytest.raises(ActorDiedError, match="exit_actor"):
-        nebula.get(actor.quit.remote(), timeout=20)
+    quit_ref, queued_ref = actor.quit.remote(), actor.ping.remote()  # the second waits behind the first
+    for ref in (quit_ref, queued_ref):
+        with pytest.raises(ActorDiedError, match="exit_actor"):
+            nebula.get(ref, timeout=20)
     with pytest.raises(ActorDiedError, match="exit_actor"):
         nebula.get(actor.ping.remote(), timeout=20)
 
