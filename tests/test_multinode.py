@@ -192,3 +192,38 @@ def test_objects_lost_with_a_node_are_rebuilt_from_lineage_or_reported():
             nebula.get(put_elsewhere, timeout=60)  # max_retries=0: not rebuilt, and the error says why
     finally:
         nebula.shutdown()
+
+
+@nebula.remote(max_retries=10)
+def seed_value(i):
+    time.sleep(0.002)
+    return i
+
+
+@nebula.remote(max_retries=10)
+def combine(a, b):
+    time.sleep(0.002)
+    return a + 2 * b
+
+
+def test_chaos_a_node_and_a_worker_die_during_a_stream_of_dependent_tasks():
+    import random
+    import psutil
+    nebula.shutdown()
+    nebula.init(address="local", num_nodes=3, num_cpus=2, _node_config={"heartbeat_timeout": 3.0})
+    try:
+        _wait_for_nodes(3)
+        rng = random.Random(7)
+        cluster = nebula.api.local_cluster()
+        seeds = [seed_value.remote(i) for i in range(500)]
+        time.sleep(rng.uniform(0.2, 1.0))
+        workers = [p for p in psutil.Process(cluster.extra_nodes[0].pid).children()]
+        if workers:
+            rng.choice(workers).kill()  # a worker dies at a random moment
+        combined = [combine.remote(seeds[i], seeds[i - 1]) for i in range(1, 500)]
+        time.sleep(rng.uniform(0.2, 1.0))
+        cluster.extra_nodes[1].kill()  # and a whole node
+        assert nebula.get(seeds, timeout=120) == list(range(500))
+        assert nebula.get(combined, timeout=120) == [i + 2 * (i - 1) for i in range(1, 500)]
+    finally:
+        nebula.shutdown()
