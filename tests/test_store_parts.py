@@ -263,21 +263,24 @@ def test_falls_back_to_file_when_memfd_create_is_missing(tmp_path, monkeypatch):
     arena.close()
 
 
-def test_falls_back_to_file_when_fallocate_says_no_space(tmp_path, monkeypatch):
+def test_pages_are_reserved_on_first_use_and_a_full_machine_gives_store_full(tmp_path, monkeypatch):
+    arena = Arena.create(8 * MiB, str(tmp_path))
     real_fallocate, calls = os.posix_fallocate, []
 
-    def fallocate_full_once(fd, offset, length):
-        calls.append(fd)
-        if len(calls) == 1:
+    def fallocate_full_after_one(fd, offset, length):
+        calls.append((offset, length))
+        if len(calls) > 1:
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fallocate(fd, offset, length)
 
-    monkeypatch.setattr(os, "posix_fallocate", fallocate_full_once)
-    arena, caught = _record_warnings(lambda: Arena.create(4 * MiB, str(tmp_path)))
-    assert len(caught) == 1 and "file-backed" in str(caught[0].message)
-    assert "No space left" in str(caught[0].message)
-    assert len(calls) == 2
-    _check_file_backed(arena, str(tmp_path))
+    monkeypatch.setattr(os, "posix_fallocate", fallocate_full_after_one)
+    arena.reserve(0, 1 * MiB)  # the first use reserves its pages
+    arena.reserve(4096, 1000)  # already reserved: no second call
+    assert len(calls) == 1
+    with pytest.raises(ObjectStoreFullError, match="object_store_memory="):
+        arena.reserve(6 * MiB, 1 * MiB)  # the machine is out of memory: an error, never SIGBUS
+    arena.view()[:4] = b"ok!!"
+    assert bytes(arena.view()[:4]) == b"ok!!"
     arena.close()
 
 
