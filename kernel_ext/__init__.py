@@ -11,6 +11,8 @@ _loaded: dict = {}
 def load_ipython_extension(ipython) -> None:
     """``%load_ext nebula``: register ``%%remote``, ``%nebula``, reprs, output routing, progress bars."""
     from .extension import KernelExtension
+    from .shipping import ignore_modules_loaded_so_far
+    ignore_modules_loaded_so_far()
     if id(ipython) not in _loaded:
         _loaded[id(ipython)] = KernelExtension(ipython).load()
 

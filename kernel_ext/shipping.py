@@ -104,6 +104,12 @@ def _megabytes(size: int) -> str:
 _seen_modules: dict = {}
 
 
+def ignore_modules_loaded_so_far() -> None:
+    """Modules imported before the extension loaded are not the notebook's: leave them by reference."""
+    for name, module in list(sys.modules.items()):
+        _seen_modules.setdefault(name, module)
+
+
 def register_local_modules() -> list:
     """Register new local top-level modules with cloudpickle (by value); returns their names."""
     added = []

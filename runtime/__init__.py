@@ -60,6 +60,11 @@ def load_ipython_extension(ipython):
     load(ipython)
 
 
+def unload_ipython_extension(ipython):
+    from .kernel_ext import unload_ipython_extension as unload
+    unload(ipython)
+
+
 def _jupyter_server_extension_points():
     from .kernel_ext import _jupyter_server_extension_points as points
     return points()

@@ -1,4 +1,4 @@
-"""The ``nebula`` command: demo, start/stop a cluster, status, logs."""
+"""The ``nebula`` command: demo, start/stop a cluster, up/down over SSH, status, logs."""
 from __future__ import annotations
 
 import argparse
@@ -33,7 +33,18 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("--worker", type=int, default=None, help="only this worker pid's output")
     logs.add_argument("--follow", "-f", action="store_true")
     logs.set_defaults(run=_run_logs)
+    _add_up_down(commands)
     return parser
+
+
+def _add_up_down(commands) -> None:
+    up = commands.add_parser("up", help="start a cluster over SSH: the head, then the nodes of a cluster.yaml")
+    up.add_argument("config", help="the cluster file (format: README, 'Clusters over SSH')")
+    up.add_argument("--token-file", default=None, help="use this token instead of a fresh one")
+    up.set_defaults(run=_run_up)
+    down = commands.add_parser("down", help="stop (over SSH) what `nebula up` started from a cluster.yaml")
+    down.add_argument("config", help="the cluster file given to `nebula up`")
+    down.set_defaults(run=_run_down)
 
 
 def _add_start(commands) -> None:
@@ -50,6 +61,8 @@ def _add_start(commands) -> None:
     start.add_argument("--object-store-memory", default=None)
     start.add_argument("--nodes", type=int, default=1, help="with --head: this many node agents here")
     start.add_argument("--token-file", default=None)
+    start.add_argument("--token-stdin", action="store_true",
+                       help="read the token from the first line of standard input (as `nebula up` passes it)")
     start.add_argument("--heartbeat-timeout", type=float, default=3.0)
     start.add_argument("--block", action="store_true", help="stay in the foreground until killed")
     start.set_defaults(run=_run_start)
@@ -68,6 +81,16 @@ def _run_start(args) -> int:
 def _run_stop(args) -> int:
     from .cluster_launcher import stop_started
     return stop_started()
+
+
+def _run_up(args) -> int:
+    from .ssh_launcher import cluster_up
+    return cluster_up(args.config, args.token_file)
+
+
+def _run_down(args) -> int:
+    from .ssh_launcher import cluster_down
+    return cluster_down(args.config)
 
 
 def _run_status(args) -> int:

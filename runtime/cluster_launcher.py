@@ -3,8 +3,8 @@
 Started in the background they run in their own session (no lifeline to the CLI) and are
 recorded in ``/tmp/nebula-<uid>/started.json`` for ``nebula stop``; with ``--block`` the
 CLI stays their parent, so killing it (even SIGKILL) takes the node and its workers along.
-The token comes from ``--token-file``, ``NEBULA_TOKEN`` or a fresh 0600 file in the
-session directory: never from the command line.
+The token comes from ``--token-stdin``, ``--token-file``, ``NEBULA_TOKEN`` or a fresh 0600
+file in the session directory: never from the command line.
 """
 from __future__ import annotations
 
@@ -44,6 +44,9 @@ def start_from_cli(args) -> int:
 
 
 def _token_for(args, session_dir: str) -> tuple[bytes, str]:
+    if getattr(args, "token_stdin", False):
+        path = os.path.join(session_dir, "token")
+        return write_token_file(path, _token_from_stdin()), path
     if args.token_file:
         return read_token(args.token_file), os.path.abspath(args.token_file)
     path = os.path.join(session_dir, "token")
@@ -55,6 +58,13 @@ def _token_for(args, session_dir: str) -> tuple[bytes, str]:
             return read_token(current["token_file"]), current["token_file"]
         raise ValueError("joining a cluster needs its token: pass --token-file FILE or set NEBULA_TOKEN")
     return write_token_file(path), path
+
+
+def _token_from_stdin() -> bytes:
+    token = sys.stdin.readline().strip()
+    if not token:
+        raise ValueError("--token-stdin found no token on standard input (pipe it in, one line)")
+    return token.encode()
 
 
 def _route_to(address: str) -> str:

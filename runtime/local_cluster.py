@@ -30,6 +30,7 @@ class LocalCluster:
         self.popen, self.session_dir, self.address, self.token = popen, session_dir, address, token
         self.tcp_address = tcp_address
         self.extra_nodes: list = []
+        self.draining_nodes: list = []  # removed with remove_node(): finishing their work, then exiting
 
     @property
     def token_file(self) -> str:
@@ -40,21 +41,51 @@ class LocalCluster:
         if not self.tcp_address:
             raise RuntimeError("this cluster was started single-node; start it with num_nodes >= 2 (or "
                                "multi_node=True) to add nodes")
-        index = len(self.extra_nodes) + 2
+        index = len(self.extra_nodes) + len(self.draining_nodes) + 2
         node_dir = os.path.join(self.session_dir, f"n{index}")
         for sub in ("", "logs", "spill"):
             os.makedirs(os.path.join(node_dir, sub), mode=0o700, exist_ok=True)
         config = _node_config(node_dir, num_cpus, num_gpus, resources, object_store_memory, logging.INFO)
         config.update({"tcp_host": "127.0.0.1", "join": self.tcp_address})
         popen = _spawner().spawn([sys.executable, "-m", "nebula.node_main"], _node_env(config, self.token), node_dir)
-        _wait_ready(popen, node_dir)
+        popen.node_address = _wait_ready(popen, node_dir)[0]
+        popen.node_dir = node_dir
         self.extra_nodes.append(popen)
         return node_dir
 
+    def remove_node(self, grace_s: float = 30.0, prefer_idle: bool = True, wait: bool = False) -> str:
+        """Drain one added node and return its id: it takes no new work, its running tasks get
+        ``grace_s`` seconds to finish, then it exits with its workers (see node_drain.py).
+        ``prefer_idle``: the node running the least work (ties: the newest); else the newest.
+        ``wait``: return only once it has exited."""
+        from .node_drain import node_load, send_drain
+        nodes = [p for p in self.extra_nodes if p.poll() is None]
+        if not nodes:
+            raise ValueError("no added node is running: the head node stays while the cluster runs "
+                             "(stop() stops the whole cluster)")
+        if prefer_idle:
+            loads = {p.pid: _load_or_busy(node_load, p, self.token) for p in nodes}
+            nodes.sort(key=lambda p: loads[p.pid], reverse=True)  # stable: the newest idle one ends last
+        popen = nodes[-1]
+        popen.node_id = send_drain(popen.node_address, self.token, grace_s)
+        self.extra_nodes.remove(popen)
+        self.draining_nodes.append(popen)
+        if wait:
+            popen.wait(grace_s + 15.0)
+        return popen.node_id
+
     def stop(self) -> None:
-        for popen in self.extra_nodes:
+        for popen in self.extra_nodes + self.draining_nodes:
             terminate_tree(popen, timeout=3.0)
         terminate_tree(self.popen, timeout=3.0)
+
+
+def _load_or_busy(node_load, popen, token: bytes) -> float:
+    try:
+        return node_load(popen.node_address, token)
+    except Exception as exc:  # noqa: BLE001 - any failure to ask means the same
+        log.warning("could not ask node pid %d how busy it is (%s); draining it last", popen.pid, exc)
+        return float("inf")
 
 
 def _node_env(config: dict, token: bytes) -> dict:

@@ -25,6 +25,7 @@ import time
 
 import psutil
 
+from . import node_drain
 from . import protocol as P
 from . import wire
 from .child_process import describe_exit, spawn_child
@@ -89,6 +90,7 @@ class NodeAgent:
         self.warned_worker_cap = False
         self.telemetry = NodeTelemetry()
         self.stopping = False
+        self.draining = False  # see node_drain.py
         self.cluster = None
         if self.config.get("tcp_host"):
             from .node_cluster import ClusterLinks
@@ -181,6 +183,7 @@ class NodeAgent:
                 P.KillActor: a.on_kill, P.ActorReady: a.on_ready, P.ActorHandleReleased: a.on_handle_released,
                 P.ClientGone: self._on_remote_client_gone,
                 P.LeaseInfeasible: lambda c, m: None,
+                P.DrainNode: lambda c, m: node_drain.start(self, m.grace_s),
             }
             if self.cluster is not None:
                 table.update(self._cluster_handlers())
@@ -194,7 +197,9 @@ class NodeAgent:
                 P.ObjectChunk: c.on_chunk, P.LeaseGranted: c.on_forwarded_grant,
                 P.WorkerDied: lambda peer, m: c.relay_worker_died(m),
                 P.ActorHome: c.on_actor_home, P.ActorInfo: c.on_actor_info,
-                P.ActorCreateReply: lambda peer, m: None}
+                P.ActorCreateReply: lambda peer, m: None,
+                P.LeaseDeclined: lambda peer, m: node_drain.on_declined(self, peer, m),
+                P.LeaseRevoked: lambda peer, m: node_drain.relay_revoked(self, peer, m)}
 
     def _on_remote_client_gone(self, peer: Client, msg: P.ClientGone) -> None:
         self.objects.drop_client(msg.client_id)
@@ -244,6 +249,8 @@ class NodeAgent:
         request.forwarded, request.preferred_node = msg.forwarded, msg.preferred_node
         log.debug("lease request %s/%d shape=%s strategy=%s preferred=%s forwarded=%s", client.client_id,
                   msg.request_id, msg.shape, msg.strategy, msg.preferred_node[:8], msg.forwarded)
+        if self.draining and node_drain.redirect(self, client, request, msg):
+            return
         if self.cluster is not None and not msg.forwarded and self._route_elsewhere(client, request, msg):
             return
         if not self.pool.feasible(request.shape) and (self.cluster is None or msg.forwarded
@@ -256,14 +263,14 @@ class NodeAgent:
         """Affinity, SPREAD and locality decisions that send a request to another node."""
         target = ""
         if msg.strategy == "NODE_AFFINITY" and msg.node_affinity != self.node_id:
-            alive = {n.node_id for n in self.cluster.alive_nodes()}
+            alive = {n.node_id for n in self.cluster.alive_nodes() if not n.draining}
             if msg.node_affinity in alive:
                 target = msg.node_affinity
             elif not msg.soft:
                 from .exceptions import NodeDiedError
                 from .session import encode_system_error
-                err = NodeDiedError(f"node {msg.node_affinity} is not alive in this cluster; use soft=True to run "
-                                    "elsewhere when it is gone", node_id=msg.node_affinity)
+                err = NodeDiedError(f"node {msg.node_affinity} is not alive (or is draining) in this cluster; use "
+                                    "soft=True to run elsewhere when it is gone", node_id=msg.node_affinity)
                 client.conn.send(P.LeaseFailed(msg.request_id, encode_system_error(err)))
                 return True
         elif msg.strategy == "SPREAD":
@@ -278,7 +285,7 @@ class NodeAgent:
 
     def _spread_target(self, request: LeaseRequest) -> str:
         nodes = sorted(n.node_id for n in self.cluster.alive_nodes()
-                       if all(n.resources_total.get(k, 0.0) >= v for k, v in request.shape.items()))
+                       if not n.draining and all(n.resources_total.get(k, 0.0) >= v for k, v in request.shape.items()))
         if not nodes:
             return ""
         self.spread_turn = getattr(self, "spread_turn", -1) + 1

@@ -105,7 +105,8 @@ class ClusterLinks:
 
     def _own_info(self) -> P.NodeInfo:
         return P.NodeInfo(self.node.node_id, self.tcp_address, dict(self.node.pool.total),
-                          dict(self.node.pool.available), True, self.incarnation, self.node.objects.allocator.used)
+                          dict(self.node.pool.available), True, self.incarnation, self.node.objects.allocator.used,
+                          draining=self.node.draining)
 
     # ---- membership -------------------------------------------------------------------------
 
@@ -127,6 +128,7 @@ class ClusterLinks:
             peer.conn.send(P.ClusterView(self.node.node_id, list(self.view.values())))
             return
         info.resources_available, info.store_used = dict(msg.available), msg.store_used
+        info.draining = info.draining or msg.draining
         self.last_beat[peer.peer_node] = time.monotonic()
 
     def on_view(self, peer, msg: P.ClusterView) -> None:
@@ -151,7 +153,7 @@ class ClusterLinks:
                 self._broadcast_view()
             elif getattr(self, "head_link", None) is not None and not self.head_link.conn.closed:
                 self.head_link.conn.send(P.NodeHeartbeat(dict(self.node.pool.available),
-                                                         self.node.objects.allocator.used))
+                                                         self.node.objects.allocator.used, self.node.draining))
 
     def _rejoin(self) -> None:
         """The head declared us dead (we were cut off): whatever we ran or held may already
@@ -221,6 +223,12 @@ class ClusterLinks:
         self._requeue_forwarded(node_id)
         if not self.is_head and peer is getattr(self, "head_link", None):
             self.node.loop.create_task(self._reach_head_again())
+        info = self.view.get(node_id)
+        if self.is_head and info is not None and info.alive and info.draining:  # drained and gone: no timeout
+            info.alive = False
+            log.info("node %s drained and left", node_id[:8])
+            self._node_dead(node_id)
+            self._broadcast_view()
 
     async def _reach_head_again(self) -> None:
         """Lost the head: try to rejoin (as a new incarnation) for a while, else stop."""
@@ -244,8 +252,8 @@ class ClusterLinks:
     def spill_target(self, request, exclude_self: bool = True) -> str:
         """A live node whose free resources fit ``request`` (its preferred node first), or ''."""
         fits = lambda n: all(n.resources_available.get(k, 0.0) + 1e-9 >= v for k, v in request.shape.items())  # noqa: E731
-        candidates = [n for n in self.alive_nodes()
-                      if n.node_id != self.node.node_id and n.node_id in self.peers_or_view() and fits(n)]
+        candidates = [n for n in self.alive_nodes() if n.node_id != self.node.node_id and not n.draining
+                      and n.node_id in self.peers_or_view() and fits(n)]
         preferred = [n for n in candidates if n.node_id == getattr(request, "preferred_node", "")]
         chosen = (preferred or sorted(candidates, key=lambda n: -n.resources_available.get("CPU", 0.0)))
         return chosen[0].node_id if chosen else ""
@@ -523,7 +531,7 @@ class ClusterLinks:
         import types
         if msg.node_affinity and msg.node_affinity != self.node.node_id:
             target = msg.node_affinity if self.view.get(msg.node_affinity, None) and self.view[msg.node_affinity].alive else ""
-        elif self.node.pool.fits(msg.placement_shape):
+        elif self.node.pool.fits(msg.placement_shape) and not self.node.draining:
             return False
         else:
             target = self.spill_target(types.SimpleNamespace(shape=msg.placement_shape, preferred_node=""))
@@ -655,7 +663,7 @@ class ClusterLinks:
             peer.conn.send(P.ClientGone(client_id))
 
     def snapshot_nodes(self) -> list[dict]:
-        return [{"node_id": n.node_id, "alive": n.alive, "address": n.address,
+        return [{"node_id": n.node_id, "alive": n.alive, "draining": n.draining, "address": n.address,
                  "resources_total": dict(n.resources_total), "resources_available": dict(n.resources_available),
                  "store": {"used": n.store_used}} for n in self.view.values()]
 

@@ -29,7 +29,7 @@ def _nodes(node) -> list[dict]:
 
 
 def _node_record(node) -> dict:
-    return {"node_id": node.node_id, "alive": True, "address": node.address,
+    return {"node_id": node.node_id, "alive": True, "draining": node.draining, "address": node.address,
             "resources_total": dict(node.pool.total), "resources_available": dict(node.pool.available),
             "store": node.objects.stats(), "session_dir": node.session_dir}
 

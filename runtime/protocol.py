@@ -346,6 +346,7 @@ class NodeHello(Msg):
 class NodeHeartbeat(Msg):
     available: dict
     store_used: int = 0
+    draining: bool = False
 
 
 class NodeInfo(Msg):
@@ -356,6 +357,7 @@ class NodeInfo(Msg):
     alive: bool
     incarnation: str = ""
     store_used: int = 0
+    draining: bool = False  # takes no new work; leaves once its running tasks end
 
 
 class ClusterView(Msg):
@@ -408,6 +410,23 @@ class ActorHome(Msg):
     namespace: str = ""
     meta: bytes = b""
     dead: bool = False
+
+
+# ---- draining a node (see node_drain.py) -------------------------------------------------
+
+class DrainNode(Msg):
+    """To a node: take no new work, let running tasks finish for ``grace_s`` seconds, then exit."""
+    grace_s: float
+
+
+class LeaseDeclined(Msg):
+    """A draining node does not take this forwarded request: its sender places it elsewhere."""
+    request_id: int
+
+
+class LeaseRevoked(Msg):
+    """To a lease holder: the worker's node is draining; finish what runs there, send no more, return it."""
+    lease_id: str
 
 
 MESSAGE_TYPES = tuple(Msg.__subclasses__())

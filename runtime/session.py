@@ -28,8 +28,6 @@ import threading
 import time
 import weakref
 
-import numpy as np
-
 from . import output
 from . import protocol as P
 from . import wire
@@ -221,6 +219,7 @@ class Session:
                 P.LeaseGranted: lambda m: self.tasks.on_lease_granted(m),
                 P.LeaseFailed: lambda m: self.tasks.on_lease_failed(m),
                 P.WorkerDied: lambda m: self.tasks.on_worker_died(m),
+                P.LeaseRevoked: lambda m: self.tasks.on_lease_revoked(m),
                 P.ActorInfo: lambda m: self.actors.on_actor_info(m),
                 P.NamedActorReply: self._resolve_request,
                 P.ActorCreateReply: lambda m: self.actors.on_create_reply(m),
@@ -439,11 +438,14 @@ class Session:
         release.settle()
         return value
 
-    def get(self, refs: list, timeout: float | None):
+    def get(self, refs: list, timeout: float | None, *, lend_cpu: bool = True):
+        """``lend_cpu=False`` for a task's own arguments: they already exist, so fetching them
+        must not lend the task's CPU (the node would start another task on it meanwhile)."""
         sources = [self._ready_inline(r) or self.value_source(r) for r in refs]
         deadline = None if timeout is None else time.monotonic() + timeout
         observer = output.wait_observer()
-        with self.blocked_in_get(), self.cancel_on_interrupt(refs):
+        lending = self.blocked_in_get() if lend_cpu else contextlib.nullcontext()
+        with lending, self.cancel_on_interrupt(refs):
             for ref, src in zip(refs, sources):
                 self._await_future(src, deadline, ref, observer, refs)
         return [self.materialize(r.hex(), s.result()) for r, s in zip(refs, sources)]
@@ -596,6 +598,7 @@ class _PinRelease:
         self.session, self.object_id, self.live, self.settled = session, object_id, 0, False
 
     def hold(self, buffer: memoryview):
+        import numpy as np  # only reads with zero-copy buffers need it; keeps `import nebula` light
         holder = np.frombuffer(buffer, dtype=np.uint8)
         self.live += 1
         weakref.finalize(holder, self._dropped)

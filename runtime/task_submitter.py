@@ -63,7 +63,7 @@ class WorkerLink:
 
 class Lease:
     __slots__ = ("lease_id", "worker_id", "key", "link", "in_flight", "pid", "node_id", "idle_timer", "dead",
-                 "dispatched")
+                 "dispatched", "revoked")
 
     def __init__(self, msg: P.LeaseGranted, key, link: WorkerLink):
         self.lease_id, self.worker_id, self.key, self.link = msg.lease_id, msg.worker_id, key, link
@@ -72,6 +72,7 @@ class Lease:
         self.idle_timer = None
         self.dead = False
         self.dispatched = 0
+        self.revoked = False  # its node is draining: no more tasks; returned once idle
 
 
 class TaskSubmitter:
@@ -194,6 +195,8 @@ class TaskSubmitter:
         """Queue behind busy work only when it and everything in flight there is known short:
         a short task pipelined behind a long one would wait for it while other workers idle.
         A SPREAD lease takes one task only, so every task is placed afresh."""
+        if lease.revoked:
+            return False
         if lease.key[2][0] == "SPREAD":
             return lease.dispatched == 0
         if not lease.in_flight:
@@ -206,7 +209,7 @@ class TaskSubmitter:
         for lease in list(self.leases.get(key, ())):
             while queue and not lease.dead and self._has_room(lease, queue[0]):
                 self._dispatch(lease, queue.popleft())
-            spent = key[2][0] == "SPREAD" and lease.dispatched
+            spent = (key[2][0] == "SPREAD" and lease.dispatched) or lease.revoked
             if not lease.in_flight and (not queue or spent):
                 self._schedule_release(lease, immediately=bool(spent))
         if queue:
@@ -253,6 +256,15 @@ class TaskSubmitter:
         else:
             self.session.node.send(P.ReturnLease(lease.lease_id))
         self._pump(lease.key)
+
+    def on_lease_revoked(self, msg: P.LeaseRevoked) -> None:
+        """The lease's node is draining: dispatch nothing more to it, return it once idle."""
+        for leases in list(self.leases.values()):
+            for lease in leases:
+                if lease.lease_id == msg.lease_id:
+                    lease.revoked = True
+                    self._pump(lease.key)
+                    return
 
     def on_lease_failed(self, msg: P.LeaseFailed) -> None:
         key = self.lease_requests.pop(msg.request_id, None)

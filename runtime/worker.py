@@ -199,7 +199,7 @@ class Worker:
             else:
                 to_get.append(self.session.borrow_ref(object_id, spec.owner))
         if to_get:
-            for ref, value in zip(to_get, self.session.get(to_get, None)):
+            for ref, value in zip(to_get, self.session.get(to_get, None, lend_cpu=False)):
                 values[ref.hex()] = value
         return values
 

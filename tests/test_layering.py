@@ -22,7 +22,7 @@ PACKAGES = {RUNTIME: "nebula", KERNEL_EXT: "nebula.kernel_ext", WIDGETS: "nebula
 
 NOTEBOOK_LIBRARIES = ("IPython", "ipywidgets", "bokeh", "jupyter_server", "ipykernel", "jupyter_bokeh",
                       "jupyterlab", "nebula.kernel_ext", "nebula.widgets")
-RUNTIME_ENTRY_POINTS = ("load_ipython_extension", "_jupyter_server_extension_points")
+RUNTIME_ENTRY_POINTS = ("load_ipython_extension", "unload_ipython_extension", "_jupyter_server_extension_points")
 PUBLIC_RUNTIME = ("nebula", "nebula.state", "nebula.output", "nebula.exceptions", "nebula.util",
                   "nebula.local_cluster", "nebula.cluster_info", "nebula.object_ref", "nebula.actor",
                   "nebula.api", "nebula.session_files")
