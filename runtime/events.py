@@ -27,6 +27,7 @@ class EventRecorder:
         self.session = session
         self.ring: collections.deque = collections.deque(maxlen=RING_SIZE)
         self.enabled = False
+        self.ship = False  # another process subscribes: send our events to the node
         self._flush_scheduled = False
         self.subscribers: list = []
         self._deliveries: queue.Queue = queue.Queue()
@@ -65,16 +66,21 @@ class EventRecorder:
         if self.ring:
             batch = list(self.ring)
             self.ring.clear()
-            self.session.node.send(P.Events(batch))
+            if self.ship:
+                self.session.node.send(P.Events(batch))
+            if self.subscribers:
+                self.deliver(batch)
 
-    def set_enabled(self, enabled: bool) -> None:
-        self.enabled = enabled
+    def set_enabled(self, enabled: bool, others: bool = True) -> None:
+        self.ship = enabled and others
+        self.enabled = self.ship or bool(self.subscribers)
 
     # ---- subscribers in this process ---------------------------------------------------------
 
     def add_subscriber(self, callback, kinds) -> object:
         token = (callback, frozenset(kinds) if kinds else None)
         self.subscribers.append(token)
+        self.enabled = True
         self._ensure_delivery_thread()
         self.session.send_node(P.Subscribe(sorted(kinds) if kinds else []))
         return token
@@ -82,6 +88,7 @@ class EventRecorder:
     def remove_subscriber(self, token) -> None:
         if token in self.subscribers:
             self.subscribers.remove(token)
+        self.enabled = self.ship or bool(self.subscribers)
         if not self.subscribers:
             self.session.send_node(P.Unsubscribe())
 

@@ -178,7 +178,7 @@ class NodeAgent:
                 P.RemoveRefs: self._on_remove_refs, P.GetObject: self._on_get_object,
                 P.Unpin: lambda c, m: [self.objects.unpin(i, c.client_id) for i in m.object_ids],
                 P.StateQuery: self._on_state_query, P.Subscribe: self._on_subscribe,
-                P.Unsubscribe: self._on_unsubscribe, P.Events: lambda c, m: self._publish(m.events),
+                P.Unsubscribe: self._on_unsubscribe, P.Events: lambda c, m: self._publish(m.events, c),
                 P.CreateActor: a.on_create, P.WaitActor: a.on_wait, P.GetNamedActor: a.on_get_named,
                 P.KillActor: a.on_kill, P.ActorReady: a.on_ready, P.ActorHandleReleased: a.on_handle_released,
                 P.ClientGone: self._on_remote_client_gone,
@@ -230,7 +230,7 @@ class NodeAgent:
         client.conn.send(P.Registered(client.client_id, client.job_id, self.node_id, self.session_dir,
                                       self.arena.capacity, self.arena.backing, self._client_config()))
         if self.subscribers():
-            client.conn.send(P.FeedControl(True))
+            client.conn.send(P.FeedControl(True, True))
         if client.worker is not None:
             self._worker_ready(client.worker)
 
@@ -595,22 +595,25 @@ class NodeAgent:
     def subscribers(self) -> list[Client]:
         return [c for c in self.clients.values() if c.subscribed is not None]
 
-    def _publish(self, events: list) -> None:
+    def _publish(self, events: list, source: Client | None = None) -> None:
         for client in self.subscribers():
-            client.conn.send(P.EventBatch(events))
+            if client is not source:  # a subscriber gets its own events locally, not echoed back
+                client.conn.send(P.EventBatch(events))
 
     def _on_subscribe(self, client: Client, msg: P.Subscribe) -> None:
-        first = not self.subscribers()
         client.subscribed = list(msg.kinds)
-        if first:
-            for other in self.clients.values():
-                other.conn.send(P.FeedControl(True))
+        self._tell_feed_state()
 
     def _on_unsubscribe(self, client: Client, _msg) -> None:
         client.subscribed = None
-        if not self.subscribers():
-            for other in self.clients.values():
-                other.conn.send(P.FeedControl(False))
+        self._tell_feed_state()
+
+    def _tell_feed_state(self) -> None:
+        """Every client learns whether to record events, and whether anyone else wants them."""
+        subscribers = self.subscribers()
+        for client in self.clients.values():
+            others = any(s is not client for s in subscribers)
+            client.conn.send(P.FeedControl(bool(subscribers), others))
 
     async def _telemetry_loop(self) -> None:
         while True:

@@ -33,7 +33,7 @@ IDLE_POLL = 0.1
 
 def node_load(address: str, token: bytes) -> int:
     """How much work a node runs: leased and actor workers plus queued lease requests."""
-    snapshot = pickle.loads(_ask(address, token, P.StateQuery(1), P.StateReply).payload)
+    snapshot = pickle.loads(_ask(address, token, P.StateQuery(1, "snapshot"), P.StateReply).payload)
     busy = sum(1 for w in snapshot["workers"] if w["state"] in ("LEASED", "ACTOR"))
     return busy + int(snapshot.get("pending_leases", 0))
 

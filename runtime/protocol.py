@@ -260,6 +260,7 @@ class Unsubscribe(Msg):
 
 class FeedControl(Msg):
     enabled: bool
+    others: bool = True  # someone other than the receiver subscribes: ship events to the node
 
 
 class Events(Msg):

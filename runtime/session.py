@@ -223,7 +223,7 @@ class Session:
                 P.ActorInfo: lambda m: self.actors.on_actor_info(m),
                 P.NamedActorReply: self._resolve_request,
                 P.ActorCreateReply: lambda m: self.actors.on_create_reply(m),
-                P.FeedControl: lambda m: self.events.set_enabled(m.enabled),
+                P.FeedControl: lambda m: self.events.set_enabled(m.enabled, m.others),
                 P.EventBatch: lambda m: self.events.deliver(m.events),
                 P.ExitWorker: lambda m: os._exit(0),
                 P.BecomeActor: lambda m: self.worker_inbox.put(("actor", m, None)),

@@ -103,8 +103,9 @@ def _nebula_command(config: ClusterConfig, host: str, args: list) -> str:
     return "exec " + shlex.join([*env, config.python, "-m", "nebula.cli", *args])
 
 
-def ssh_argv(config: ClusterConfig, host: str) -> list:
-    argv = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+def ssh_argv(config: ClusterConfig, host: str, batch: bool = True) -> list:
+    """The ``ssh`` command line that reaches ``host`` (``batch``: never prompt, give up after 10 s)."""
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"] if batch else ["ssh"]
     for option in config.ssh_options:
         argv += ["-o", option]
     if config.ssh_port:
@@ -202,7 +203,7 @@ def _print_up(config: ClusterConfig, config_path: str, state: dict, failed: list
     for host, error in failed:
         print(f"  node {host} did not start: {error}")
     env = f"NEBULA_TMPDIR={shlex.quote(config.tmpdir_for(config.head))} " if config.tmpdir else ""
-    login = shlex.join(ssh_argv(config, config.head))
+    login = shlex.join(ssh_argv(config, config.head, batch=False))
     print(f"connect a driver on the head:\n  {login}\n"
           f"  {env}{config.python} -c \"import nebula; nebula.init(address='auto'); print(nebula.nodes())\"\n"
           f"or make this machine a node first: nebula start --address {state['address']} "
