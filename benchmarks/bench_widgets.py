@@ -113,7 +113,7 @@ class TimedFeed(ClusterFeed):
     def poll(self):
         with self._lock:
             self.taken, self.arrivals = self.arrivals, []
-            start_over, events = super().poll()
+        start_over, events = super().poll()  # a batch arriving in between is counted a tick late
         self.events += len(events)
         return start_over, events
 

@@ -5,7 +5,10 @@
           └── kernels: plain nebula.init() joins the cluster
 
 The keeper's methods block (starting a node agent takes a moment, a snapshot is a request
-to it), so the server extension calls them on a worker thread, one at a time. The node agent
+to it), so the server extension calls them on a worker thread, one at a time. A cluster it
+starts is multi-node capable (``num_nodes`` local node agents joined over 127.0.0.1), so
+``scale`` can add nodes or drain added ones: idle ones first; busy ones take no new work and
+get a grace period to finish theirs (``LocalCluster.remove_node``). The node agent
 is spawned by the runtime's long-lived spawner thread with a parent-death signal, so even a
 SIGKILL of the server leaves no agent or worker behind.
 """
@@ -16,6 +19,7 @@ import json
 import logging
 import os
 import threading
+import time
 
 import nebula
 import nebula.state
@@ -23,6 +27,9 @@ from nebula.local_cluster import start_local_cluster
 from nebula.session_files import current_cluster_file
 
 ADDRESS_ENV, TOKEN_FILE_ENV = "NEBULA_ADDRESS", "NEBULA_TOKEN_FILE"
+MAX_LOCAL_NODES = 64
+DRAIN_GRACE_S = 30.0
+LEAVE_WAIT_S = 3.0  # how long a scale-down answer waits for idle nodes to be gone
 
 
 class ClusterConflict(RuntimeError):
@@ -43,9 +50,6 @@ class ClusterKeeper:
         self.log = log or logging.getLogger("nebula.jupyter")
         self.cluster = None
         self.lock = threading.RLock()
-        if num_nodes != 1:
-            self.log.warning("Nebula: num_nodes=%s noted; this version starts one local node agent (several "
-                             "local nodes come with multi-node support)", num_nodes)
 
     @property
     def attached(self) -> bool:
@@ -64,7 +68,7 @@ class ClusterKeeper:
                 _export(*self._attached_target())
             elif not self.running:  # never started, or its node agent died
                 nebula.shutdown()
-                self.cluster = start_local_cluster(num_cpus=self.num_cpus)
+                self.cluster = start_local_cluster(num_cpus=self.num_cpus, num_nodes=self.num_nodes, multi_node=True)
                 _export(self.cluster.address, os.path.join(self.cluster.session_dir, "token"))
                 self.log.info("Nebula: cluster started at %s for this server's kernels", self.cluster.address)
 
@@ -80,6 +84,33 @@ class ClusterKeeper:
                 _clear_export()
                 cluster.stop()
                 self.log.info("Nebula: cluster stopped")
+
+    def scale(self, nodes: int, grace_s: float = DRAIN_GRACE_S) -> dict:
+        """Add local nodes, or drain added ones, until ``nodes`` run; returns ``describe()``."""
+        with self.lock:
+            if self.attached:
+                raise ClusterConflict(f"this server is attached to the cluster at {self.address}, which it does "
+                                      "not manage; scale that cluster where it was started")
+            self.num_nodes = nodes
+            if not self.running:
+                self.start()  # starts with the requested number of nodes
+                return self.describe()
+            running = 1 + sum(1 for p in self.cluster.extra_nodes if p.poll() is None)
+            for _ in range(nodes - running):
+                self.cluster.add_node(num_cpus=self.num_cpus)
+            leaving = [self.cluster.remove_node(grace_s=grace_s) for _ in range(running - nodes)]
+            self.log.info("Nebula: scaled from %d to %d local nodes", running, nodes)
+            self._wait_until_gone(leaving)
+            return self.describe()
+
+    def _wait_until_gone(self, node_ids: list) -> None:
+        """Give drained idle nodes a moment to exit, so the answer lists them as gone."""
+        deadline = time.monotonic() + LEAVE_WAIT_S
+        while node_ids and time.monotonic() < deadline:
+            alive = {n["node_id"] for n in self._snapshot().nodes if n.get("alive")}
+            if not alive & set(node_ids):
+                return
+            time.sleep(0.1)
 
     def close(self) -> None:
         """The server is stopping: disconnect, and stop the cluster if this server started it."""

@@ -4,7 +4,10 @@
                            (503 when the cluster does not answer)
     POST cluster/start     start the server's cluster (no-op when running)
     POST cluster/stop      stop it (409 when the server only attached to a cluster)
-    POST cluster/scale     change the number of nodes (501 until multi-node local clusters exist)
+    POST cluster/scale     {"nodes": N[, "grace_s": S]}: add local nodes, or drain added ones (idle
+                           first; busy ones take no new work and get S seconds, default 30, to
+                           finish); answers like GET cluster (nodes still draining have
+                           "draining": true). 400 for bad input, 409 when only attached
 
 Every handler is an ``APIHandler`` with ``@tornado.web.authenticated``: requests without the
 server's token get 403, and cookie-authenticated POSTs need the XSRF token. The blocking
@@ -18,7 +21,9 @@ import tornado.web
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 
-from .cluster_keeper import ClusterConflict, ClusterUnreachable
+from .cluster_keeper import DRAIN_GRACE_S, MAX_LOCAL_NODES, ClusterConflict, ClusterUnreachable
+
+SCALE_USAGE = f'send a JSON object such as {{"nodes": 3}} (1 to {MAX_LOCAL_NODES} nodes; optional "grace_s")'
 
 
 class NebulaHandler(ExtensionHandlerMixin, APIHandler):
@@ -72,12 +77,35 @@ class ClusterStopHandler(NebulaHandler):
 class ClusterScaleHandler(NebulaHandler):
     @tornado.web.authenticated
     async def post(self):
+        request = scale_request(self.request.body)
+        if isinstance(request, str):
+            return self.refuse(400, request)
         try:
-            wanted = json.loads(self.request.body or b"{}").get("num_nodes")
-        except (ValueError, AttributeError):
-            return self.refuse(400, 'send a JSON object such as {"num_nodes": 2}')
-        self.refuse(501, f"scaling to num_nodes={wanted} is not available yet: this server runs one local node "
-                         "agent, and local multi-node clusters are not implemented in this version of Nebula")
+            reply = await self.run_keeper(self.extensionapp.keeper.scale, *request)
+        except ClusterConflict as exc:
+            return self.refuse(409, str(exc))
+        except ClusterUnreachable as exc:
+            return self.refuse(503, str(exc))
+        except RuntimeError as exc:  # a node agent failed to start
+            return self.refuse(500, f"scaling failed: {exc}")
+        self.extensionapp.stopped_by_request = False
+        self.reply(reply)
+
+
+def scale_request(body: bytes) -> tuple | str:
+    """``(nodes, grace_s)`` from a scale request's body, or what is wrong with it."""
+    try:
+        data = json.loads(body or b"{}")
+    except ValueError:
+        return f"the body is not JSON: {SCALE_USAGE}"
+    if not isinstance(data, dict) or "nodes" not in data:
+        return SCALE_USAGE
+    nodes, grace_s = data["nodes"], data.get("grace_s", DRAIN_GRACE_S)
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or not 1 <= nodes <= MAX_LOCAL_NODES:
+        return f"nodes={nodes!r} is not a whole number from 1 to {MAX_LOCAL_NODES}: {SCALE_USAGE}"
+    if isinstance(grace_s, bool) or not isinstance(grace_s, (int, float)) or not 0 <= grace_s <= 3600:
+        return f"grace_s={grace_s!r} is not a number of seconds from 0 to 3600"
+    return nodes, float(grace_s)
 
 
 HANDLERS = [

@@ -3,8 +3,8 @@
 Configuration (``jupyter_server_config.py`` or ``--NebulaApp.<name>=...``)::
 
     c.NebulaApp.autostart = "lazy"   # True: with the server; "lazy": on first use; False: on POST cluster/start
-    c.NebulaApp.num_cpus = None      # CPUs of the local node (default: all)
-    c.NebulaApp.num_nodes = 1        # local nodes (noted; this version starts one)
+    c.NebulaApp.num_cpus = None      # CPUs of each local node (default: all)
+    c.NebulaApp.num_nodes = 1        # local nodes (each with num_cpus); POST nebula/api/cluster/scale changes it
     c.NebulaApp.address = ""         # attach to this cluster instead ("auto": this user's `nebula start`)
     c.NebulaApp.token_file = ""      # its token file (default: $NEBULA_TOKEN_FILE)
 
@@ -26,9 +26,9 @@ import os
 
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.utils import url_path_join
-from traitlets import Bool, Enum, Float, Int, Unicode, Union, default
+from traitlets import Bool, Enum, Float, Int, TraitError, Unicode, Union, default, validate
 
-from .cluster_keeper import ADDRESS_ENV, ClusterKeeper, exported_env
+from .cluster_keeper import ADDRESS_ENV, MAX_LOCAL_NODES, ClusterKeeper, exported_env
 from .reprs import DASHBOARD_URL_ENV
 from .rest_api import HANDLERS
 
@@ -44,8 +44,9 @@ class NebulaApp(ExtensionApp):
     autostart = Union([Bool(), Enum(["lazy"])], default_value="lazy", config=True,
                       help='Start the cluster with the server (True), on first use ("lazy": first kernel '
                            'start or REST call), or only on POST nebula/api/cluster/start (False)')
-    num_cpus = Float(None, allow_none=True, config=True, help="CPUs of the local node (default: all)")
-    num_nodes = Int(1, config=True, help="local nodes to start (noted; this version starts one)")
+    num_cpus = Float(None, allow_none=True, config=True, help="CPUs of each local node (default: all)")
+    num_nodes = Int(1, config=True, help="local node agents to start (each with num_cpus CPUs); "
+                                         "POST nebula/api/cluster/scale changes it while the server runs")
     address = Unicode("", config=True, help="attach to this cluster instead of starting one ('auto': this "
                                             "user's `nebula start` cluster); default: $NEBULA_ADDRESS")
     token_file = Unicode("", config=True, help="token file of the cluster at `address` (default: $NEBULA_TOKEN_FILE)")
@@ -53,6 +54,12 @@ class NebulaApp(ExtensionApp):
     @default("address")
     def _default_address(self):
         return os.environ.get(ADDRESS_ENV, "")
+
+    @validate("num_nodes")
+    def _valid_num_nodes(self, proposal):
+        if not 1 <= proposal["value"] <= MAX_LOCAL_NODES:
+            raise TraitError(f"NebulaApp.num_nodes must be from 1 to {MAX_LOCAL_NODES}, got {proposal['value']}")
+        return proposal["value"]
 
     # ---- server lifecycle -------------------------------------------------------------------
 

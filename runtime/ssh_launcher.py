@@ -139,7 +139,8 @@ def _failure_message(config: ClusterConfig, host: str, done: subprocess.Complete
                 "ssh_user/ssh_key let you log in without a password (BatchMode: no prompts)")
     hint = (f"`{config.python}` was not found there: set `python:` to an interpreter with nebula installed"
             if done.returncode == 127 else
-            f"check that `{config.python} -m nebula.cli` works on {host} and read the output above")
+            f"check that `{config.python} -m nebula.cli` works on {host} and that {host} can reach the head "
+            f"at {config.head}:{config.port} (a firewall?)")
     return f"{what} on {host} failed (exit {done.returncode}):\n{tail}\n{hint}"
 
 

@@ -12,14 +12,17 @@ import collections
 import dataclasses
 import json
 import types
+import typing
 
 from .session import current_session
 
 EVENT_KINDS = ("task", "object", "worker", "actor", "node")
 
 
-@dataclasses.dataclass(frozen=True)
-class Event:
+class Event(typing.NamedTuple):
+    """One state transition: ``kind`` ("task", "object", ...), the thing's ``id``, its new
+    ``state``, when (``time``, seconds since the epoch) and the rest as read-only ``data``."""
+
     kind: str
     id: str
     state: str
@@ -30,10 +33,13 @@ class Event:
         return self.data.get(key, default)
 
 
+_HEADER = ("kind", "id", "state", "time")
+
+
 def to_records(raw_events) -> list[Event]:
     out = []
     for raw in raw_events:
-        data = {k: v for k, v in raw.items() if k not in ("kind", "id", "state", "time")}
+        data = {k: v for k, v in raw.items() if k not in _HEADER}
         out.append(Event(raw["kind"], raw["id"], raw["state"], raw["time"], types.MappingProxyType(data)))
     return out
 

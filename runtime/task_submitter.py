@@ -183,9 +183,11 @@ class TaskSubmitter:
     # ---- queues and leases ----------------------------------------------------------------
 
     def _enqueue(self, task: PendingTask) -> None:
-        self.queues.setdefault(task.key, collections.deque()).append(task)
-        self.session.events.task(task.spec.task_id, "PENDING_NODE", name=task.name)
+        queue = self.queues.setdefault(task.key, collections.deque())
+        queue.append(task)
         self._pump(task.key)
+        if task.lease is None and self.session.events.enabled:
+            self.session.events.task(task.spec.task_id, "PENDING_NODE", name=task.name)  # waits for a worker
 
     def _depth(self, task: PendingTask) -> int:
         avg = self.durations.get(task.spec.function_id)

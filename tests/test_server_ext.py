@@ -216,9 +216,13 @@ def test_cluster_json_has_nodes_resources_and_counts(server):
     assert cluster["nodes"][0]["alive"] and cluster["nodes"][0]["store"]["capacity"] > 0
 
 
-def test_scale_answers_clearly_that_it_is_not_there_yet(server):
-    reply = server.post("nebula/api/cluster/scale", json={"num_nodes": 3})
-    assert reply.status_code == 501 and "num_nodes=3" in reply.json()["message"]
+def test_scale_refuses_bad_input(server):
+    for body in ({"num_nodes": 3}, {"nodes": 0}, {"nodes": "3"}, {"nodes": 2.5}, {"nodes": True}, [3],
+                 {"nodes": 100000}, {"nodes": 2, "grace_s": -1}):
+        reply = server.post("nebula/api/cluster/scale", json=body)
+        assert reply.status_code == 400 and "nodes" in reply.json()["message"] or "grace_s" in str(body), body
+    reply = server.post("nebula/api/cluster/scale", data=b"three")
+    assert reply.status_code == 400 and "not JSON" in reply.json()["message"]
 
 
 def test_cookie_authenticated_posts_need_the_xsrf_token(server):
@@ -333,9 +337,47 @@ def test_attaching_to_an_existing_cluster(tmp_path):
         assert cluster["resources"]["total"]["CPU"] == 1
         stop = srv.post("nebula/api/cluster/stop")
         assert stop.status_code == 409 and "does not manage" in json.loads(stop.text)["message"]
+        scale = srv.post("nebula/api/cluster/scale", json={"nodes": 2})
+        assert scale.status_code == 409 and "does not manage" in scale.json()["message"]
         srv.process.send_signal(signal.SIGTERM)
         srv.process.wait(30)
         assert external.popen.poll() is None, "the server must not stop a cluster it only attached to"
     finally:
         srv.stop()
         external.stop()
+
+
+# ---- several local nodes, scaled through the API ----------------------------------------------------
+
+def _alive_nodes(cluster: dict) -> list:
+    return [n["node_id"] for n in cluster["nodes"] if n["alive"] and not n.get("draining")]
+
+
+def _node_agents(srv) -> list:
+    return _alive([p for p in srv.nebula_processes() if "nebula.node_main" in " ".join(_cmdline(p))])
+
+
+def test_a_server_with_two_local_nodes_scales_up_and_down(tmp_path):
+    srv = Server(tmp_path, "--NebulaApp.num_nodes=2", "--NebulaApp.autostart=True")
+    try:
+        cluster = srv.cluster()
+        head = cluster["nodes"][0]["node_id"]
+        assert len(_alive_nodes(cluster)) == 2 and cluster["num_nodes_requested"] == 2
+        assert cluster["resources"]["total"]["CPU"] == 4 and len(_node_agents(srv)) == 2
+
+        up = srv.post("nebula/api/cluster/scale", json={"nodes": 3})
+        assert up.status_code == 200, up.text
+        assert len(_alive_nodes(up.json())) == 3 and up.json()["num_nodes_requested"] == 3
+        assert up.json()["resources"]["total"]["CPU"] == 6 and len(_node_agents(srv)) == 3
+
+        down = srv.post("nebula/api/cluster/scale", json={"nodes": 1, "grace_s": 10})
+        assert down.status_code == 200, down.text
+        assert _alive_nodes(down.json()) == [head]  # the drained idle nodes are gone at once
+        assert down.json()["resources"]["total"]["CPU"] == 2
+        deadline = time.monotonic() + 15
+        while len(_node_agents(srv)) > 1:
+            assert time.monotonic() < deadline, "drained node agents did not exit"
+            time.sleep(0.1)
+        assert _alive_nodes(srv.cluster()) == [head]
+    finally:
+        srv.stop()
