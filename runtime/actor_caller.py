@@ -161,13 +161,7 @@ class ActorCaller:
 
     def _finish(self, call: ActorCall, msg: P.TaskResult) -> None:
         self.session.tasks.result_handlers.pop(call.spec.task_id, None)
-        if msg.error:
-            for rid in call.spec.return_ids:
-                self.session.complete_object(rid, error=msg.error)
-        else:
-            for ret in msg.returns:
-                self.session.complete_object(ret.object_id, inline=ret.inline or None,
-                                             in_store=ret.in_store, size=ret.size, node=ret.node_id)
+        self.session.complete_returns(call.spec.return_ids, msg)
         state = "FAILED" if msg.error else "FINISHED"
         self.session.events.task_ended(call.spec.task_id, state, call.spec.name, msg.start, msg.end, msg.error)
         self.session.task_finished(call.spec.task_id, call.spec.name, state, msg.start, msg.end,

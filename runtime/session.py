@@ -354,6 +354,16 @@ class Session:
         self.store_view[reply.offset:reply.offset + len(data)] = data
         self.node.send(P.SealObject(object_id, []))
 
+    def complete_returns(self, return_ids: list, msg: P.TaskResult) -> None:
+        """A task or actor call ended: its error, or each returned value, completes its refs."""
+        if msg.error:
+            for rid in return_ids:
+                self.complete_object(rid, error=msg.error)
+            return
+        for ret in msg.returns:
+            self.complete_object(ret.object_id, inline=ret.inline or None, in_store=ret.in_store,
+                                 size=ret.size, node=ret.node_id)
+
     def complete_object(self, object_id: str, *, inline: bytes | None = None, in_store: bool = False,
                         size: int = 0, error: bytes | None = None, node: str = "") -> None:
         """A task result arrived for ``object_id`` (I/O thread)."""

@@ -341,13 +341,8 @@ class TaskSubmitter:
     def _finish(self, task: PendingTask, msg: P.TaskResult) -> None:
         self.tasks.pop(msg.task_id, None)
         self.result_handlers.pop(msg.task_id, None)
-        if msg.error:
-            for rid in task.spec.return_ids:
-                self.session.complete_object(rid, error=msg.error)
-        else:
-            for ret in msg.returns:
-                self.session.complete_object(ret.object_id, inline=ret.inline or None,
-                                             in_store=ret.in_store, size=ret.size, node=ret.node_id)
+        self.session.complete_returns(task.spec.return_ids, msg)
+        if not msg.error:
             self._remember_lineage(task, msg.returns)
         state = "FAILED" if msg.error else "FINISHED"
         self.session.events.task_ended(msg.task_id, state, task.name, msg.start, msg.end, msg.error)

@@ -5,7 +5,7 @@ import itertools
 import math
 
 from bokeh.layouts import column, row
-from bokeh.models import FactorRange, HoverTool, Range1d, SingleIntervalTicker
+from bokeh.models import FactorRange, GlyphRenderer, HoverTool, Line, Range1d, SingleIntervalTicker
 from bokeh.plotting import figure
 from bokeh.transform import linear_cmap
 
@@ -67,11 +67,13 @@ class NodeResourcesView(View):
         """A new node's history: one line per metric, dashed differently per node."""
         dash = next(self._dashes)
         node = name.split(":", 1)[1][:8]
-        lines = [self.history.line("time", metric, source=source, color=color, line_dash=dash)
+        lines = [GlyphRenderer(data_source=source, glyph=Line(x="time", y=metric, line_color=color, line_dash=dash))
                  for metric, _, color in METRICS]
-        self.history.add_tools(HoverTool(renderers=lines, tooltips=[("node", node), ("CPU", "@cpu{0}%"),
-                                                                     ("memory", "@memory{0}%"),
-                                                                     ("store", "@store{0}%"), ("GPU", "@gpu{0}%")]))
+        # One change each to the renderers and the tools: every change makes Bokeh walk the whole document.
+        self.history.renderers.extend(lines)
+        self.history.toolbar.tools.append(HoverTool(renderers=lines, tooltips=[
+            ("node", node), ("CPU", "@cpu{0}%"), ("memory", "@memory{0}%"), ("store", "@store{0}%"),
+            ("GPU", "@gpu{0}%")]))
 
     def apply_props(self, props):
         if "nodes" in props:
