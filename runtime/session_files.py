@@ -28,13 +28,51 @@ def user_root() -> str:
     return root
 
 
+KEEP_SESSIONS = 20
+
+
 def new_session_dir() -> str:
+    prune_old_sessions()
     name = f"s-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(2)}"
     path = os.path.join(user_root(), name)
     os.mkdir(path, 0o700)
     for sub in ("logs", "spill"):
         os.mkdir(os.path.join(path, sub), 0o700)
     return path
+
+
+def prune_old_sessions(keep: int = KEEP_SESSIONS) -> None:
+    """Remove the oldest finished session directories (their logs) beyond the ``keep`` newest."""
+    import shutil
+    root = user_root()
+    sessions = sorted((d for d in os.listdir(root) if d.startswith("s-")),
+                      key=lambda d: _mtime(os.path.join(root, d)))
+    for name in sessions[:-keep] if keep else sessions:
+        path = os.path.join(root, name)
+        if not _node_listening(os.path.join(path, "node.sock")):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
+def _node_listening(sock_path: str) -> bool:
+    import socket
+    if not os.path.exists(sock_path):
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(0.2)
+        probe.connect(sock_path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
 
 
 def write_token_file(path: str, token: bytes | None = None) -> bytes:

@@ -280,8 +280,9 @@ class ObjectPlacementModel:
 
 
 def _cell_size(size: int) -> float:
-    """Marker size in screen units: grows with the log of the object's bytes, 4 to 14."""
-    return round(min(14.0, max(4.0, 1.2 * math.log2(max(size, 1)) - 10)), 1)
+    """A cell's side in grid units: 0.35 for 1 KiB or less, growing with the log of the bytes to 0.95 at 1 GiB."""
+    share = min(1.0, max(0.0, (math.log2(max(size, 1)) - 10) / 20))
+    return round(0.35 + 0.6 * share, 2)
 
 
 def _size(n: int | float) -> str:

@@ -6,7 +6,7 @@ from bokeh.models import FactorRange, FixedTicker, HoverTool, Range1d, Span
 from bokeh.plotting import figure
 from bokeh.transform import dodge, factor_cmap
 
-from ..models.object_placement import (FREED, GRID_WIDTH, PRIMARY, SECONDARY, SPILLED, ObjectPlacementModel)
+from ..models.object_placement import BAND, FREED, GRID_WIDTH, PRIMARY, SECONDARY, SPILLED, ObjectPlacementModel
 from .base import View
 
 COLORS = {PRIMARY: "#3182bd", SECONDARY: "#9ecae1", SPILLED: "#e6550d", FREED: "#ffffff"}
@@ -46,16 +46,17 @@ class ObjectPlacementView(View):
         return plot
 
     def _cell_plot(self):
+        self.cell_rows = Range1d(-BAND + 1, 1)
         plot = figure(title="objects held (one cell per copy; hover for the task that made it)", height=220,
-                      sizing_mode="stretch_width", x_range=Range1d(-1, GRID_WIDTH + 2),
+                      sizing_mode="stretch_width", x_range=Range1d(-1, GRID_WIDTH + 2), y_range=self.cell_rows,
                       toolbar_location="above", tools="pan,wheel_zoom,reset")
         plot.xaxis.visible = False
         plot.xgrid.visible = plot.ygrid.visible = False
         self.cell_axis = plot.yaxis[0]
         self.cell_axis.ticker = FixedTicker(ticks=[])
-        cells = plot.scatter("x", "y", source=self.sources["cells"], marker="square", size="size",
-                             fill_color=factor_cmap("category", list(COLORS.values()), list(COLORS)),
-                             fill_alpha="alpha", line_alpha=0.0)
+        cells = plot.rect("x", "y", width="size", height="size", source=self.sources["cells"],
+                          fill_color=factor_cmap("category", list(COLORS.values()), list(COLORS)),
+                          fill_alpha="alpha", line_alpha=0.0)
         transfers = self.sources["transfers"]
         plot.segment("x0", "y0", "x1", "y1", source=transfers, line_alpha="alpha", line_width=2,
                      line_color="#31a354")
@@ -70,3 +71,4 @@ class ObjectPlacementView(View):
         if "bands" in props:
             self.cell_axis.ticker = FixedTicker(ticks=sorted(props["bands"]))
             self.cell_axis.major_label_overrides = {float(y): label for y, label in props["bands"].items()}
+            self.cell_rows.start = -BAND * max(1, len(props["bands"])) + 1  # every node's grid, top to bottom
