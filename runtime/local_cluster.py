@@ -78,6 +78,18 @@ class LocalCluster:
         for popen in self.extra_nodes + self.draining_nodes:
             terminate_tree(popen, timeout=3.0)
         terminate_tree(self.popen, timeout=3.0)
+        _remove_secrets(self.session_dir)
+
+
+def _remove_secrets(session_dir: str) -> None:
+    """The cluster is gone: its token and sockets go too; its logs stay for reading."""
+    import glob
+    for path in [os.path.join(session_dir, "token"), *glob.glob(os.path.join(session_dir, "*.sock")),
+                 *glob.glob(os.path.join(session_dir, "n*", "*.sock"))]:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def _load_or_busy(node_load, popen, token: bytes) -> float:
