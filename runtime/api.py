@@ -126,9 +126,10 @@ def _local_route(address: str) -> str:
             return info["unix_address"]
     except (OSError, ValueError):
         pass
-    raise NotImplementedError(
-        f"a driver needs a Nebula node on its own machine: run `nebula start --address {address}` here first, "
-        "then nebula.init(address='auto') (drivers without a local node are not supported yet)")
+    warnings.warn(f"no Nebula node runs on this machine: objects this driver puts or gets travel through the "
+                  f"node at {address} (slower for large data); run `nebula start --address {address}` here to "
+                  "give this machine a node and its shared-memory store", stacklevel=4)
+    return address
 
 
 def _auto_address(path: str) -> tuple[str, bytes]:

@@ -39,6 +39,7 @@ from .telemetry import NodeTelemetry
 
 log = logging.getLogger("nebula.node")
 MEMORY_MONITOR_PERCENT = 95.0
+RELAY_CHUNK = 4 * 2**20
 TELEMETRY_INTERVAL = 1.0
 
 
@@ -50,6 +51,7 @@ class Client:
         self.kind, self.pid, self.job_id, self.namespace = "", 0, "", ""
         self.worker = None
         self.subscribed: list | None = None
+        self.remote = conn.writer.get_extra_info("socket").family != socket.AF_UNIX
 
 
 class WorkerProc:
@@ -182,6 +184,7 @@ class NodeAgent:
                 P.CreateActor: a.on_create, P.WaitActor: a.on_wait, P.GetNamedActor: a.on_get_named,
                 P.KillActor: a.on_kill, P.ActorReady: a.on_ready, P.ActorHandleReleased: a.on_handle_released,
                 P.ClientGone: self._on_remote_client_gone,
+                P.PutChunk: self._on_put_chunk,
                 P.LeaseInfeasible: lambda c, m: None,
                 P.DrainNode: lambda c, m: node_drain.start(self, m.grace_s),
             }
@@ -365,7 +368,7 @@ class NodeAgent:
         worker.lease = {"lease_id": new_id(8), "client": request.client, "shape": request.shape,
                         "gpus": gpus, "granted_at": time.time()}
         client = self.clients.get(request.client)
-        address = worker.tcp_address if client.kind == "node" else worker.address
+        address = worker.tcp_address if client.kind == "node" or client.remote else worker.address
         log.debug("grant %s/%d -> worker %s at %s", request.client, request.request_id, worker.worker_id, address)
         client.conn.send(P.LeaseGranted(request.request_id, worker.lease["lease_id"], worker.worker_id,
                                         address, worker.popen.pid, self.node_id, gpus))
@@ -550,9 +553,48 @@ class NodeAgent:
             client.conn.send(P.ObjectLocation(request_id, rec.object_id,
                                               error=encode_system_error(ObjectStoreFullError(error))))
             return
+        if client.remote and client.kind != "node":  # cannot map our store: send bytes, or just "ready"
+            if pin:
+                self.loop.create_task(self._relay_object(client, rec, request_id))
+            else:
+                client.conn.send(P.ObjectLocation(request_id, rec.object_id, -1, rec.size))
+            return
         if pin:
             self.objects.pin(rec, client.client_id)
         client.conn.send(P.ObjectLocation(request_id, rec.object_id, rec.offset, rec.size))
+
+    async def _relay_object(self, client: Client, rec, request_id: int) -> None:
+        """A driver without this store mapped gets the object's bytes in chunks."""
+        holder = f"relay:{client.client_id}:{request_id}"
+        self.objects.pin(rec, holder)
+        try:
+            for start in range(0, max(rec.size, 1), RELAY_CHUNK):
+                end = min(rec.size, start + RELAY_CHUNK)
+                data = bytes(self.objects.view[rec.offset + start:rec.offset + end])
+                client.conn.send(P.ObjectChunk(request_id, rec.object_id, start, rec.size, data))
+                client.conn._flush()
+                await client.conn.writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            self.objects.unpin(rec.object_id, holder)
+
+    def _on_put_chunk(self, client: Client, msg: P.PutChunk) -> None:
+        rec = self.objects.records.get(msg.object_id)
+        if msg.offset == 0:
+            result = self.objects.allocate(msg.object_id, msg.total, msg.owner or client.client_id)
+            if isinstance(result, str):
+                from .exceptions import ObjectStoreFullError
+                from .session import encode_system_error
+                self._answer_waiters(self.objects.fail(msg.object_id, encode_system_error(ObjectStoreFullError(result))))
+                return
+            self.arena.reserve(result, msg.total)
+            rec = self.objects.records[msg.object_id]
+        if rec is None or rec.offset < 0:
+            return
+        self.objects.view[rec.offset + msg.offset:rec.offset + msg.offset + len(msg.data)] = msg.data
+        if msg.offset + len(msg.data) >= msg.total:
+            self._on_seal(client, P.SealObject(msg.object_id, msg.contained))
 
     # ---- clients leaving --------------------------------------------------------------------
 

@@ -84,7 +84,7 @@ class ActorDirectory:
                                                 "or the cluster restarted)"))
             return
         record.waiters.add(client.client_id)
-        client.conn.send(self._info(record, msg.request_id, remote=client.kind == "node"))
+        client.conn.send(self._info(record, msg.request_id, remote=client.kind == "node" or client.remote))
 
     def on_get_named(self, client, msg: P.GetNamedActor) -> None:
         actor_id = self.names.get((msg.namespace, msg.name))
@@ -210,7 +210,7 @@ class ActorDirectory:
         for client_id in list(record.waiters):
             client = self.node.clients.get(client_id)
             if client is not None:
-                client.conn.send(self._info(record, remote=client.kind == "node"))
+                client.conn.send(self._info(record, remote=client.kind == "node" or client.remote))
         if record.state == "DEAD" and self.node.cluster is not None:
             self.node.cluster.actor_home(record.msg, dead=True)
 

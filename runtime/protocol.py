@@ -400,6 +400,16 @@ class ObjectChunk(Msg):
     error: str = ""
 
 
+class PutChunk(Msg):
+    """A part of an object sent by a process without the node's store mapped (a remote driver)."""
+    object_id: str
+    owner: str
+    offset: int
+    total: int
+    data: bytes
+    contained: list = []
+
+
 class ClientGone(Msg):
     client_id: str
 

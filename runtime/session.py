@@ -43,6 +43,7 @@ from .store_arena import Arena
 log = logging.getLogger("nebula.session")
 
 INLINE_LIMIT = 100 * 1024
+RELAY_CHUNK = 4 * 2**20
 _session: "Session | None" = None
 _session_lock = threading.RLock()
 
@@ -214,6 +215,7 @@ class Session:
                 P.Registered: lambda m: self.registration.set_result(m),
                 P.Allocated: self._resolve_request,
                 P.ObjectLocation: self._resolve_request,
+                P.ObjectChunk: self._on_relayed_chunk,
                 P.StateReply: self._resolve_request,
                 P.RefsAck: self._resolve_request,
                 P.LeaseGranted: lambda m: self.tasks.on_lease_granted(m),
@@ -231,6 +233,16 @@ class Session:
             }
             handlers.update(getattr(self, "extra_node_handlers", {}))
         return handlers
+
+    def _on_relayed_chunk(self, msg: P.ObjectChunk) -> None:
+        parts = self.__dict__.setdefault("_relayed", {})
+        buffer = parts.setdefault(msg.pull_id, bytearray(msg.total))
+        buffer[msg.offset:msg.offset + len(msg.data)] = msg.data
+        if msg.offset + len(msg.data) >= msg.total:
+            del parts[msg.pull_id]
+            fut = self.requests.pop(msg.pull_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(buffer)
 
     def _resolve_request(self, msg) -> None:
         fut = self.requests.pop(msg.request_id, None)
@@ -313,6 +325,11 @@ class Session:
 
     def write_to_store(self, object_id: str, obj: SerializedObject, owner: str) -> None:
         """Allocate, copy and seal ``obj`` in the node's store (blocking; not on the I/O thread)."""
+        if self.store_view is None:
+            buffer = bytearray(obj.total_size)
+            obj.write_into(memoryview(buffer))
+            self.post(self.relay_put, object_id, memoryview(buffer), owner, [r.hex() for r in obj.contained])
+            return
         reply = self.request(lambda rid: P.AllocObject(rid, object_id, obj.total_size, owner)).result()
         if reply.error:
             raise ObjectStoreFullError(reply.error)
@@ -340,11 +357,22 @@ class Session:
             self.node.send(P.FailObject(object_id, entry.error))
             return
         data = entry.inline
+        if self.store_view is None:
+            self.relay_put(object_id, memoryview(data), self.client_id, [])
+            return
         rid = next(self.request_ids)
         fut: concurrent.futures.Future = concurrent.futures.Future()
         self.requests[rid] = fut
         self.node.send(P.AllocObject(rid, object_id, len(data), self.client_id))
         fut.add_done_callback(lambda f: self.post(self._finish_publish, object_id, data, f))
+
+    def relay_put(self, object_id: str, data: memoryview, owner: str, contained: list) -> None:
+        """Send an object to the node in chunks (this process cannot map the node's store)."""
+        total = len(data)
+        for start in range(0, max(total, 1), RELAY_CHUNK):
+            chunk = bytes(data[start:start + RELAY_CHUNK])
+            last = start + RELAY_CHUNK >= total
+            self.node.send(P.PutChunk(object_id, owner, start, total, chunk, contained if last else []))
 
     def _finish_publish(self, object_id: str, data: bytes, fut) -> None:
         reply = fut.result()
@@ -424,7 +452,7 @@ class Session:
 
     def _locate(self, object_id: str, pin: bool) -> concurrent.futures.Future:
         out: concurrent.futures.Future = concurrent.futures.Future()
-        fut = self.request(lambda rid: P.GetObject(rid, object_id, pin))
+        fut = self.request(lambda rid: P.GetObject(rid, object_id, pin))  # unmapped store: pin = send bytes
         fut.add_done_callback(lambda f: _location_to_source(f, out))
         return out
 
@@ -595,6 +623,9 @@ def _location_to_source(fut: concurrent.futures.Future, out: concurrent.futures.
         out.set_result(("error", encode_system_error(ObjectLostError(str(fut.exception())))))
         return
     loc: P.ObjectLocation = fut.result()
+    if isinstance(loc, (bytes, bytearray)):  # relayed to a process without the store mapped
+        out.set_result(("inline", bytes(loc)))
+        return
     if loc.error:
         out.set_result(("error", loc.error))
     else:

@@ -227,3 +227,34 @@ def test_chaos_a_node_and_a_worker_die_during_a_stream_of_dependent_tasks():
         assert nebula.get(combined, timeout=120) == [i + 2 * (i - 1) for i in range(1, 500)]
     finally:
         nebula.shutdown()
+
+
+def test_a_driver_without_a_node_of_its_own_works_through_a_relay(tmp_path):
+    """A laptop-style driver: it reaches the cluster over TCP and cannot map any store."""
+    import json
+    import subprocess
+    import sys
+    import warnings
+    nebula.shutdown()
+    env = {**os.environ, "NEBULA_TMPDIR": str(tmp_path / "cluster")}
+    start = [sys.executable, "-m", "nebula.cli", "start", "--head", "--port", "0", "--nodes", "2", "--num-cpus", "1"]
+    subprocess.run(start, env=env, check=True, capture_output=True, timeout=60)
+    saved = {k: os.environ.get(k) for k in ("NEBULA_TMPDIR", "NEBULA_TOKEN_FILE")}
+    try:
+        current = json.loads((tmp_path / "cluster" / f"nebula-{os.getuid()}" / "current").read_text())
+        os.environ.update(NEBULA_TMPDIR=str(tmp_path / "driver"), NEBULA_TOKEN_FILE=current["token_file"])
+        with pytest.warns(UserWarning, match="no Nebula node runs on this machine"):
+            nebula.init(address=current["address"])
+        _wait_for_nodes(2)
+        data = np.arange(3 * 2**20, dtype=np.float64)
+        stored = nebula.put(data)  # 24 MiB, sent in chunks to the node
+        sums = nebula.get([array_sum.options(scheduling_strategy="SPREAD").remote(stored) for _ in range(2)],
+                          timeout=60)
+        assert {s for s, _ in sums} == {float(data.sum())} and len({n for _, n in sums}) == 2
+        assert np.array_equal(nebula.get(make_array.remote(2**20), timeout=60), np.arange(2**20, dtype=np.float64))
+        assert np.array_equal(nebula.get(stored, timeout=60), data)
+    finally:
+        nebula.shutdown()
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+        subprocess.run([sys.executable, "-m", "nebula.cli", "stop"], env=env, capture_output=True, timeout=60)
