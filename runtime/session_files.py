@@ -35,6 +35,10 @@ def new_session_dir() -> str:
     prune_old_sessions()
     name = f"s-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(2)}"
     path = os.path.join(user_root(), name)
+    longest = os.path.join(path, "n99", "w-" + "0" * 16 + ".sock")
+    if len(longest.encode()) > 107:
+        raise ValueError(f"the session directory {path} is too long for Unix socket paths (107 bytes at most); "
+                         "set NEBULA_TMPDIR to a shorter directory, such as /tmp")
     os.mkdir(path, 0o700)
     for sub in ("logs", "spill"):
         os.mkdir(os.path.join(path, sub), 0o700)

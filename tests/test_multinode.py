@@ -229,13 +229,16 @@ def test_chaos_a_node_and_a_worker_die_during_a_stream_of_dependent_tasks():
         nebula.shutdown()
 
 
-def test_a_driver_without_a_node_of_its_own_works_through_a_relay(tmp_path):
+def test_a_driver_without_a_node_of_its_own_works_through_a_relay():
     """A laptop-style driver: it reaches the cluster over TCP and cannot map any store."""
     import json
+    import pathlib
+    import shutil
     import subprocess
     import sys
-    import warnings
+    import tempfile
     nebula.shutdown()
+    tmp_path = pathlib.Path(tempfile.mkdtemp(prefix="nb-"))  # short: Unix socket paths are limited
     env = {**os.environ, "NEBULA_TMPDIR": str(tmp_path / "cluster")}
     start = [sys.executable, "-m", "nebula.cli", "start", "--head", "--port", "0", "--nodes", "2", "--num-cpus", "1"]
     subprocess.run(start, env=env, check=True, capture_output=True, timeout=60)
@@ -258,3 +261,4 @@ def test_a_driver_without_a_node_of_its_own_works_through_a_relay(tmp_path):
         for key, value in saved.items():
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
         subprocess.run([sys.executable, "-m", "nebula.cli", "stop"], env=env, capture_output=True, timeout=60)
+        shutil.rmtree(tmp_path, ignore_errors=True)
