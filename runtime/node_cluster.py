@@ -104,9 +104,11 @@ class ClusterLinks:
         self.peer_lost(peer)
 
     def _own_info(self) -> P.NodeInfo:
+        objects = self.node.objects
         return P.NodeInfo(self.node.node_id, self.tcp_address, dict(self.node.pool.total),
-                          dict(self.node.pool.available), True, self.incarnation, self.node.objects.allocator.used,
-                          draining=self.node.draining)
+                          dict(self.node.pool.available), True, self.incarnation, objects.allocator.used,
+                          draining=self.node.draining, store_capacity=objects.allocator.capacity,
+                          store_objects=len(objects.records))
 
     # ---- membership -------------------------------------------------------------------------
 
@@ -128,6 +130,7 @@ class ClusterLinks:
             peer.conn.send(P.ClusterView(self.node.node_id, list(self.view.values())))
             return
         info.resources_available, info.store_used = dict(msg.available), msg.store_used
+        info.store_capacity, info.store_objects = msg.store_capacity, msg.store_objects
         info.draining = info.draining or msg.draining
         self.last_beat[peer.peer_node] = time.monotonic()
 
@@ -152,8 +155,10 @@ class ClusterLinks:
                 self._expire_members()
                 self._broadcast_view()
             elif getattr(self, "head_link", None) is not None and not self.head_link.conn.closed:
-                self.head_link.conn.send(P.NodeHeartbeat(dict(self.node.pool.available),
-                                                         self.node.objects.allocator.used, self.node.draining))
+                objects = self.node.objects
+                self.head_link.conn.send(P.NodeHeartbeat(
+                    dict(self.node.pool.available), objects.allocator.used, draining=self.node.draining,
+                    store_capacity=objects.allocator.capacity, store_objects=len(objects.records)))
 
     def _rejoin(self) -> None:
         """The head declared us dead (we were cut off): whatever we ran or held may already
@@ -665,7 +670,8 @@ class ClusterLinks:
     def snapshot_nodes(self) -> list[dict]:
         return [{"node_id": n.node_id, "alive": n.alive, "draining": n.draining, "address": n.address,
                  "resources_total": dict(n.resources_total), "resources_available": dict(n.resources_available),
-                 "store": {"used": n.store_used}} for n in self.view.values()]
+                 "store": {"used": n.store_used, "capacity": n.store_capacity, "objects": n.store_objects}}
+                for n in self.view.values()]
 
 
 class _Silent:

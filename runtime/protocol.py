@@ -347,6 +347,8 @@ class NodeHello(Msg):
 class NodeHeartbeat(Msg):
     available: dict
     store_used: int = 0
+    store_capacity: int = 0
+    store_objects: int = 0
     draining: bool = False
 
 
@@ -359,6 +361,8 @@ class NodeInfo(Msg):
     incarnation: str = ""
     store_used: int = 0
     draining: bool = False  # takes no new work; leaves once its running tasks end
+    store_capacity: int = 0
+    store_objects: int = 0
 
 
 class ClusterView(Msg):

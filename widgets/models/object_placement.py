@@ -25,7 +25,7 @@ PRIMARY, SECONDARY, SPILLED, FREED = "primary", "secondary", "spilled", "freed"
 CATEGORIES = (PRIMARY, SECONDARY, SPILLED)
 STORE_COLUMNS = ("key", "node", "capacity", "used", "used_pct", "primary_count", "primary_bytes",
                  "secondary_count", "secondary_bytes", "spilled_count", "spilled_bytes", "primary_pct",
-                 "secondary_end", "spilled_pct", "label")
+                 "secondary_end", "spilled_pct", "label", "grid_x", "grid_y", "grid_width", "grid_height")
 CELL_COLUMNS = ("key", "x", "y", "category", "alpha", "size", "object", "task", "bytes", "node")
 TRANSFER_COLUMNS = ("key", "x0", "y0", "x1", "y1", "alpha", "object", "bytes")
 GRID_WIDTH = 32
@@ -67,7 +67,13 @@ class NodeStore:
                 **{f"{c}_count": self.counts[c] for c in CATEGORIES},
                 **{f"{c}_bytes": self.bytes[c] for c in CATEGORIES},
                 "primary_pct": pct[PRIMARY], "secondary_end": pct[PRIMARY] + pct[SECONDARY],
-                "spilled_pct": pct[SPILLED], "label": self.label()}
+                "spilled_pct": pct[SPILLED], "label": self.label(), **self.grid()}
+
+    def grid(self) -> dict:
+        """Where this node's cells go: a GRID_WIDTH wide band, one per node, top to bottom."""
+        rows = CELLS_PER_NODE // GRID_WIDTH
+        return {"grid_x": (GRID_WIDTH - 1) / 2, "grid_y": -(self.index * BAND) - (rows - 1) / 2,
+                "grid_width": GRID_WIDTH, "grid_height": rows}
 
     def label(self) -> str:
         held = self.counts[PRIMARY] + self.counts[SECONDARY]

@@ -6,7 +6,7 @@ from bokeh.models import FactorRange, FixedTicker, HoverTool, Range1d, Span
 from bokeh.plotting import figure
 from bokeh.transform import dodge, factor_cmap
 
-from ..models.object_placement import BAND, FREED, GRID_WIDTH, PRIMARY, SECONDARY, SPILLED, ObjectPlacementModel
+from ..models.object_placement import FREED, PRIMARY, SECONDARY, SPILLED, ObjectPlacementModel
 from .base import View
 
 COLORS = {PRIMARY: "#3182bd", SECONDARY: "#9ecae1", SPILLED: "#e6550d", FREED: "#ffffff"}
@@ -46,14 +46,15 @@ class ObjectPlacementView(View):
         return plot
 
     def _cell_plot(self):
-        self.cell_rows = Range1d(-BAND + 1, 1)
         plot = figure(title="objects held (one cell per copy; hover for the task that made it)", height=220,
-                      sizing_mode="stretch_width", x_range=Range1d(-1, GRID_WIDTH + 2), y_range=self.cell_rows,
+                      sizing_mode="stretch_width", match_aspect=True,  # square cells, the grid fit to the plot
                       toolbar_location="above", tools="pan,wheel_zoom,reset")
         plot.xaxis.visible = False
         plot.xgrid.visible = plot.ygrid.visible = False
         self.cell_axis = plot.yaxis[0]
         self.cell_axis.ticker = FixedTicker(ticks=[])
+        plot.rect("grid_x", "grid_y", "grid_width", "grid_height", source=self.sources["stores"],
+                  fill_color="#f7f7f7", line_color="#e0e0e0")  # each node's places, taken or not
         cells = plot.rect("x", "y", width="size", height="size", source=self.sources["cells"],
                           fill_color=factor_cmap("category", list(COLORS.values()), list(COLORS)),
                           fill_alpha="alpha", line_alpha=0.0)
@@ -71,4 +72,3 @@ class ObjectPlacementView(View):
         if "bands" in props:
             self.cell_axis.ticker = FixedTicker(ticks=sorted(props["bands"]))
             self.cell_axis.major_label_overrides = {float(y): label for y, label in props["bands"].items()}
-            self.cell_rows.start = -BAND * max(1, len(props["bands"])) + 1  # every node's grid, top to bottom
