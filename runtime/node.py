@@ -104,6 +104,7 @@ class NodeAgent:
     async def serve(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._listen()
+        self.start_zygote()
         if self.cluster is not None:
             self.cluster.listen()
             await self.cluster.start()
@@ -229,6 +230,8 @@ class NodeAgent:
             worker = self.workers[msg.worker_id]
             worker.client, client.worker = client, worker
             worker.tcp_address = msg.tcp_address
+            if not worker.popen.pid:  # forked by the zygote, whose answer may still be on its way
+                worker.popen.pid = msg.pid
             self.starting[(worker.env_key, worker.dedicated)] -= 1
         client.conn.send(P.Registered(client.client_id, client.job_id, self.node_id, self.session_dir,
                                       self.arena.capacity, self.arena.backing, self._client_config()))
@@ -408,15 +411,33 @@ class NodeAgent:
         worker_id = new_id(8)
         address = f"unix:{os.path.join(self.session_dir, f'w-{worker_id}.sock')}"
         env, cwd, python = self._worker_environment(worker_id, runtime_env)
-        log_file = open(os.path.join(self.session_dir, "logs", f"worker-{worker_id}.out"), "ab")
-        popen = spawn_child([python, "-m", "nebula.worker_main"], env=env, cwd=cwd,
-                            stdout=log_file, stderr=log_file, name="worker")
-        log_file.close()
+        log_path = os.path.join(self.session_dir, "logs", f"worker-{worker_id}.out")
+        popen = self._fork_or_spawn(worker_id, env, cwd, python, log_path)
         worker = WorkerProc(worker_id, popen, env_key, address, dedicated)
         self.workers[worker_id] = worker
         self.starting[(env_key, dedicated)] += 1
         self.emit("worker", worker_id, "STARTING", pid=popen.pid)
         return worker
+
+    def _fork_or_spawn(self, worker_id: str, env: dict, cwd, python: str, log_path: str):
+        """Fork from the zygote (milliseconds) when it can serve this interpreter, else start anew."""
+        zygote = getattr(self, "zygote", None)
+        if zygote is not None and python == sys.executable and zygote.alive():
+            return zygote.spawn(worker_id, env, cwd, log_path)
+        log_file = open(log_path, "ab")
+        try:
+            return spawn_child([python, "-m", "nebula.worker_main"], env=env, cwd=cwd,
+                               stdout=log_file, stderr=log_file, name="worker")
+        finally:
+            log_file.close()
+
+    def start_zygote(self) -> None:
+        if os.environ.get("NEBULA_NO_ZYGOTE") or not self.config.get("zygote", True):
+            return
+        from .zygote import Zygote
+        env = dict(os.environ)
+        env.update(thread_limit_env(1, env))
+        self.zygote = Zygote(env)
 
     def _worker_environment(self, worker_id: str, runtime_env: bytes):
         env = dict(os.environ)
@@ -673,6 +694,9 @@ class NodeAgent:
     # ---- shutdown ---------------------------------------------------------------------------
 
     def stop_workers(self) -> None:
+        zygote = getattr(self, "zygote", None)
+        if zygote is not None:
+            zygote.stop()
         for worker in list(self.workers.values()):
             try:
                 worker.popen.kill()

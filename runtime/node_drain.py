@@ -139,11 +139,21 @@ async def _exit_when_idle(node, deadline: float) -> None:
         log.warning("drain grace period over with work still running: stopping it (owners retry their tasks)")
     else:
         log.warning("drained: no work left; this node exits")
+    await _kill_workers(node)
     node.stop_workers()
     for client in list(node.clients.values()):
         client.conn._flush()
     logging.shutdown()
     os._exit(0)
+
+
+async def _kill_workers(node, patience: float = 2.0) -> None:
+    """Kill the workers and wait (without blocking the loop) until they are seen gone."""
+    for worker in list(node.workers.values()):
+        worker.popen.kill()
+    deadline = time.monotonic() + patience
+    while any(w.popen.poll() is None for w in list(node.workers.values())) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
 
 
 # ---- other nodes' side -------------------------------------------------------------------------------

@@ -32,6 +32,6 @@ def nebula_processes() -> list:
     found = []
     for proc in psutil.process_iter(["pid", "cmdline", "status"]):
         cmd = " ".join(proc.info["cmdline"] or [])
-        if ("nebula.node_main" in cmd or "nebula.worker_main" in cmd) and proc.info["status"] != "zombie":
+        if any(m in cmd for m in ("nebula.node_main", "nebula.worker_main", "nebula.zygote")) and proc.info["status"] != "zombie":
             found.append(proc)
     return found

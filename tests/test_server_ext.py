@@ -138,7 +138,7 @@ def _descendants(pid: int) -> list:
 
 def _is_nebula(proc) -> bool:
     text = " ".join(_cmdline(proc))
-    return "nebula.node_main" in text or "nebula.worker_main" in text
+    return any(m in text for m in ("nebula.node_main", "nebula.worker_main", "nebula.zygote"))
 
 
 def _alive(procs: list) -> list:
@@ -290,7 +290,7 @@ def _server_with_workers(tmp_path, run_a_task: bool = False) -> tuple:
     if run_a_task:
         run_in_kernel(srv.start_kernel(), JOIN_AND_RUN)
     deadline = time.monotonic() + 30
-    while not any("nebula.worker_main" in " ".join(_cmdline(p)) for p in srv.nebula_processes()):
+    while not any(m in " ".join(_cmdline(p)) for p in srv.nebula_processes() for m in ("nebula.worker_main", "nebula.zygote")):
         assert time.monotonic() < deadline, "no worker started"
         time.sleep(0.1)
     return srv, srv.nebula_processes()

@@ -45,7 +45,7 @@ nebula.shutdown()
 def missing_capability(name: str) -> str | None:
     """Why the runtime lacks capability ``name``, or None when it has it."""
     if name != "multi_node":
-        return f"unknown capability {name!r} in a notebook's front matter"
+        raise ValueError(f"unknown capability {name!r} in a notebook's front matter (known: multi_node)")
     probe = subprocess.run([sys.executable, "-c", MULTI_NODE_PROBE], capture_output=True, text=True,
                            timeout=60, env=kernel_env())
     if probe.returncode == 3:

@@ -19,10 +19,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import types
 from pathlib import Path
 
 import nbformat
 import pytest
+
+from nebula.state import Event
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -210,7 +213,9 @@ def lab(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser(lab, tmp_path_factory):
+def browser(tmp_path_factory):
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no browser at {CHROMIUM} (apt-get install chromium fonts-dejavu-core)")
     from playwright.sync_api import sync_playwright
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
@@ -348,3 +353,43 @@ def test_the_dashboard_page_is_refused_without_the_token(lab):
     assert http_status(page + "/ws", socket_headers) == 403
     assert http_status(page + "/static/js/bokeh.min.js") in (302, 403)
     assert http_status(page + f"?token={TOKEN}") == 302                # in, then to the page without it
+
+
+# ---- two nodes, from synthetic events ----------------------------------------------------------
+
+def test_two_nodes_render_from_synthetic_events(browser, tmp_path):
+    """Until the feed spans nodes, a second node comes from synthetic events: every view draws both."""
+    from bokeh.embed import file_html
+    from bokeh.resources import INLINE
+
+    from nebula.widgets.board import Board
+    from nebula.widgets.views import NodeResourcesView, ObjectPlacementView, TaskGraphView, TimelineView
+    from test_widgets_models import N1, N2, ret, running, sealed, submitted, telemetry
+
+    board = Board([TaskGraphView(), ObjectPlacementView(), NodeResourcesView(), TimelineView()])
+    gpu = {"index": 0, "name": "H100", "utilization_percent": 80.0, "memory_used": 2**34, "memory_total": 2**36}
+    now = time.time()
+    events = [telemetry(N1, t=now), telemetry(N2, cores=(70.0, 20.0, 5.0), gpus=[gpu], t=now)]
+    for i, node in enumerate([N1, N2, N1, N2]):
+        task = f"t{i}" + "0" * 22
+        events += [submitted(task, deps=[ret(f"t{i - 2}" + "0" * 22)] if i >= 2 else [], t=now),
+                   running(task, node=node, pid=10 + i % 2, t=now), sealed(ret(task), node=node, size=2**20, t=now)]
+    events.append(Event("object", ret("t0" + "0" * 22), "TRANSFERRED", now,
+                        types.MappingProxyType({"size": 2**20, "to": N2, "node": N1})))
+    board.feed.receive(events)
+    board.tick(now=now)
+    page = browser.new_page()
+    (tmp_path / "two-nodes.html").write_text(file_html(board.layout, INLINE, "two nodes"))
+    page.goto((tmp_path / "two-nodes.html").as_uri())
+    page.locator(".bk-Canvas >> visible=true").first.wait_for(timeout=30_000)
+    stores = read_source(page, "object_placement.stores")
+    assert stores["key"] == [N1, N2] and stores["secondary_count"] == [0, 1]
+    gauges = read_source(page, "node_resources.gauges")["text"]
+    assert "no GPU on this node" in gauges and "GPU0 H100: 80% busy" in gauges
+    assert len(read_source(page, "node_resources.cores")["core"]) == 5
+    lanes = set(read_source(page, "timeline.tasks")["lane"])
+    assert lanes == {f"{N1[:8]} · pid 10", f"{N2[:8]} · pid 11"}
+    assert len(read_source(page, "object_placement.transfers")["key"]) == 1
+    assert len(read_source(page, "task_graph.edges")["x0"]) == 2
+    screenshot(page, "two-nodes-synthetic.png")
+    page.close()

@@ -174,3 +174,23 @@ def test_dashboard_handlers_are_mounted_under_the_base_url():
     assert [h[0] for h in handlers] == ["/user/ann/nebula/dashboard/?", "/user/ann/nebula/dashboard/ws",
                                         "/user/ann/nebula/dashboard/static/(.*)"]
     assert handlers[0][1] is DashboardPageHandler and handlers[1][1] is DashboardSocketHandler
+
+
+def test_a_view_that_fails_an_update_is_redrawn_from_its_model(caplog):
+    from nebula.widgets.board import Board
+    from nebula.widgets.views import TaskGraphView
+    from test_widgets_models import submitted
+    board = Board([TaskGraphView()])
+    view = board.views[0]
+    board.feed.poll = lambda: (False, [submitted("a"), submitted("b")])
+    model = view.models["all"]
+    apply = model.apply
+
+    def apply_then_fail(events, now=None):
+        apply(events, now)
+        raise RuntimeError("a bug in a view")
+
+    model.apply = apply_then_fail
+    board.tick()
+    assert "failed to take an update" in caplog.text
+    assert list(view.sources["tasks"].data["key"]) == ["a", "b"]

@@ -320,6 +320,15 @@ def test_placement_shows_transfers_between_two_nodes_as_secondary_copies():
     assert model.totals(N2)["counts"]["secondary"] == 0 and model.totals(N1)["counts"]["primary"] == 1
 
 
+def test_placement_forgets_what_a_dead_node_held():
+    model = ObjectPlacementModel()
+    model.apply([sealed("o1" * 14, node=N1), sealed("o2" * 14, node=N2),
+                 ev("object", "o2" * 14, "TRANSFERRED", size=1000, to=N1, node=N2)])
+    model.apply([ev("node", N2, "DEAD", node=N1)])
+    assert model.totals(N2)["counts"] == {"primary": 0, "secondary": 0, "spilled": 0}
+    assert model.totals(N1)["counts"] == {"primary": 1, "secondary": 1, "spilled": 0}
+
+
 def test_placement_this_notebook_only_keeps_the_owners_objects_and_their_copies():
     model = ObjectPlacementModel(owner=ME)
     model.apply([sealed("o1" * 14), sealed("o2" * 14, owner=OTHER),

@@ -7,6 +7,7 @@ update period (a Bokeh server session's periodic callback, or a notebook widget'
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 
 from bokeh.layouts import column, row
@@ -15,6 +16,7 @@ from bokeh.models import Div, Switch
 from .feed import ClusterFeed
 from .models.tasks import short
 
+log = logging.getLogger("nebula.widgets")
 NOT_CONNECTED = "Not connected to a cluster: the views fill in once <code>nebula.init()</code> has run."
 
 
@@ -30,12 +32,14 @@ class Board:
         self.status = Div(text=not_connected, styles={"font-size": "12px", "color": "#555"}, name="nebula_status")
         self.switch = Switch(active=False, visible=switch, name="mine_switch")
         self.switch.on_change("active", lambda _attr, _old, new: self.show_mine(new))
-        label = Div(text="this notebook only", visible=switch, styles={"font-size": "12px"})
-        header = row(Div(text=f"<b>{title}</b>"), self.switch, label, self.status, sizing_mode="stretch_width")
         rows = [row(*[v.layout for v in views[i:i + per_row]], sizing_mode="stretch_width")
                 for i in range(0, len(views), per_row)]
-        self.layout = column(header, *rows, sizing_mode="stretch_width", name="nebula_board")
+        self.layout = column(self._header(title, switch), *rows, sizing_mode="stretch_width", name="nebula_board")
         self.events_seen = 0
+
+    def _header(self, title: str, switch: bool):
+        label = Div(text="this notebook only", visible=switch, styles={"font-size": "12px"})
+        return row(Div(text=f"<b>{title}</b>"), self.switch, label, self.status, sizing_mode="stretch_width")
 
     def prime(self) -> None:
         """Connect to the feed now (before the first tick), so no event after this call is missed."""
@@ -52,9 +56,17 @@ class Board:
                     view.show_mine(self.switch.active)
             now = time.time() if now is None else now
             for view in self.views:
-                view.apply(events, now)
+                self._apply(view, events, now)
             self.events_seen += len(events)
             self._show_status()
+
+    @staticmethod
+    def _apply(view, events: list, now: float) -> None:
+        try:
+            view.apply(events, now)
+        except Exception:  # a bug in one view: say so, and redraw it from its model rather than drift
+            log.exception("the %s view failed to take an update; redrawing it", view.title)
+            view.show_all()
 
     def show_mine(self, mine: bool) -> None:
         for view in self.views:

@@ -29,7 +29,7 @@ STORE_COLUMNS = ("key", "node", "capacity", "used", "used_pct", "primary_count",
 CELL_COLUMNS = ("key", "x", "y", "category", "alpha", "size", "object", "task", "bytes", "node")
 TRANSFER_COLUMNS = ("key", "x0", "y0", "x1", "y1", "alpha", "object", "bytes")
 GRID_WIDTH = 32
-CELLS_PER_NODE = 512
+CELLS_PER_NODE = 256
 BAND = CELLS_PER_NODE // GRID_WIDTH + 2   # grid rows per node, with a gap
 
 
@@ -128,7 +128,7 @@ class ObjectPlacementModel:
 
     def props(self) -> dict:
         return {"nodes": [short(n) for n in self.nodes],
-                "bands": {-(s.index * BAND) - BAND // 2 + 1: short(s.node_id) for s in self.nodes.values()}}
+                "bands": {s.grid()["grid_y"]: short(s.node_id) for s in self.nodes.values()}}
 
     def totals(self, node_id: str) -> dict:
         """Counts and bytes held on one node, by category (what the view shows)."""
@@ -162,6 +162,10 @@ class ObjectPlacementModel:
         return store
 
     def _on_node(self, event) -> None:
+        if event.state == "DEAD":  # what its store held is gone with it
+            for object_id in [o for o, copies in self.objects.items() if event.id in copies]:
+                self._freed(object_id, event.id)
+            return
         stats = event.get("store")
         if not stats:
             return

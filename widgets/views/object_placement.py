@@ -61,8 +61,8 @@ class ObjectPlacementView(View):
         transfers = self.sources["transfers"]
         plot.segment("x0", "y0", "x1", "y1", source=transfers, line_alpha="alpha", line_width=2,
                      line_color="#31a354")
-        plot.scatter("x1", "y1", source=transfers, marker="triangle", size=9, fill_alpha="alpha",
-                     line_alpha=0.0, color="#31a354")
+        plot.scatter("x1", "y1", source=transfers, marker="circle", size=8, fill_alpha="alpha",
+                     line_alpha=0.0, color="#31a354")  # the receiving end
         plot.add_tools(HoverTool(renderers=[cells], tooltips=CELL_TOOLTIPS))
         return plot
 
