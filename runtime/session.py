@@ -169,6 +169,14 @@ class Session:
             except RuntimeError:
                 pass  # loop closed: the session is shutting down
 
+    def run_on_loop(self, fn, *args) -> None:
+        """Run ``fn(*args)`` on the I/O thread: now if already there (a dependency finishing
+        there unblocks its dependents without another loop turn), else soon."""
+        if threading.get_ident() == self._thread.ident:
+            fn(*args)
+        else:
+            self.post(fn, *args)
+
     def _drain_inbox(self) -> None:
         self._wakeup_pending = False
         inbox = self._inbox

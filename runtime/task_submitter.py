@@ -142,7 +142,7 @@ class TaskSubmitter:
             return
         remaining = [len(waiting)]
         for fut in waiting:
-            fut.add_done_callback(lambda _f: self.session.post(self._dep_done, task, remaining))
+            fut.add_done_callback(lambda _f: self.session.run_on_loop(self._dep_done, task, remaining))
 
     def _dep_done(self, task: PendingTask, remaining: list) -> None:
         remaining[0] -= 1
