@@ -112,6 +112,8 @@ def ignore_modules_loaded_so_far() -> None:
 
 def register_local_modules() -> list:
     """Register new local top-level modules with cloudpickle (by value); returns their names."""
+    if not _seen_modules:
+        ignore_modules_loaded_so_far()  # used without the extension loaded: only later imports count
     added = []
     for name, module in list(sys.modules.items()):
         if "." in name or _seen_modules.get(name) is module:

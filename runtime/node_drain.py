@@ -77,7 +77,9 @@ def start(node, grace_s: float) -> None:
     log.warning("draining: no new work; exiting when running tasks end (at most %.0f s)", grace_s)
     head = getattr(cluster, "head_link", None)
     if head is not None:
-        head.conn.send(P.NodeHeartbeat(dict(node.pool.available), node.objects.allocator.used, draining=True))
+        objects = node.objects
+        head.conn.send(P.NodeHeartbeat(dict(node.pool.available), objects.allocator.used, draining=True,
+                                       store_capacity=objects.allocator.capacity, store_objects=len(objects.records)))
     _requeue_pending(node)
     _revoke_leases(node)
     node.loop.create_task(_exit_when_idle(node, time.monotonic() + max(0.0, grace_s)))

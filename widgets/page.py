@@ -9,7 +9,7 @@
 
 Each handler is Bokeh's own (``DocHandler``, ``WSHandler``) under Jupyter's
 ``JupyterHandler``: a request without Jupyter's token or login cookie is refused (the page
-redirects to Jupyter's login, the websocket and BokehJS answer 403). Bokeh's session state
+and BokehJS redirect to Jupyter's login, the websocket answers 403). Bokeh's session state
 (sessions, keep-alive pings, cleanup of abandoned sessions) lives in a ``BokehTornado`` that
 never listens: its handlers see it through ``_BokehApplicationView``. The page's views run
 on the server's loop through the document's periodic callback; they show the cluster this
@@ -79,7 +79,12 @@ def make_document(doc) -> None:
     board.prime()
     doc.title = "Nebula dashboard"
     doc.add_root(board.layout)
-    doc.add_periodic_callback(lambda: (join_server_cluster(), board.tick()), UPDATE_PERIOD_MS)
+
+    def update() -> None:
+        join_server_cluster()
+        board.tick()
+
+    doc.add_periodic_callback(update, UPDATE_PERIOD_MS)
     doc.on_session_destroyed(lambda _context: board.close())
 
 
