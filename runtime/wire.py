@@ -32,6 +32,7 @@ PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 HANDSHAKE_LIMIT = 4096
 HANDSHAKE_TIMEOUT = 5.0
 FRAME_LIMIT = 1 << 31
+STREAM_LIMIT = 16 * 2**20
 _LEN = struct.Struct("<I")
 
 _encoder = msgspec.msgpack.Encoder()
@@ -200,10 +201,12 @@ class Connection:
     @classmethod
     async def adopt(cls, sock: socket.socket, name: str) -> "Connection":
         sock.setblocking(False)
+        # Large limits: object chunks (4 MiB) must not stall the stream in pause/resume cycles.
         if sock.family == socket.AF_UNIX:
-            reader, writer = await asyncio.open_unix_connection(sock=sock, limit=1 << 20)
+            reader, writer = await asyncio.open_unix_connection(sock=sock, limit=STREAM_LIMIT)
         else:
-            reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
+            reader, writer = await asyncio.open_connection(sock=sock, limit=STREAM_LIMIT)
+        writer.transport.set_write_buffer_limits(high=STREAM_LIMIT)
         return cls(reader, writer, name)
 
     def send(self, msg: P.Msg) -> None:

@@ -108,6 +108,8 @@ class ZygoteChild:
 
     def poll(self):
         self.zygote.collect_exits()
+        if self.returncode is None and self.pid and not self.zygote.alive() and not _running(self.pid):
+            self.returncode = -signal.SIGKILL  # the zygote is gone, so nobody reports its exit
         return self.returncode
 
     def kill(self) -> None:
@@ -130,6 +132,14 @@ class ZygoteChild:
                 raise subprocess.TimeoutExpired("worker", timeout)
             time.sleep(0.01)
         return self.returncode
+
+
+def _running(pid: int) -> bool:
+    import psutil
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 class Zygote:
