@@ -145,6 +145,10 @@ class NodeAgent:
             log.warning("refused a connection: %s", exc)
             sock.close()
             return
+        if role == "data":  # a peer pulling an object: served right here, off the event loop
+            from .node_transfer import serve_pull
+            serve_pull(self, sock)
+            return
         self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._adopt(sock, role)))
 
     async def _adopt(self, sock: socket.socket, role: str) -> None:

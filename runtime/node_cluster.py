@@ -441,14 +441,23 @@ class ClusterLinks:
     async def _pull(self, object_id: str, node_id: str) -> None:
         if any(p["object_id"] == object_id for p in self.pulls.values()):
             return  # one transfer serves every concurrent reader
-        peer = await self.peer(node_id)
-        if peer is None:
+        info = self.view.get(node_id)
+        if info is None or not info.alive:
             self._pull_failed(object_id, f"the node holding it ({node_id[:8]}) is unreachable: it died or its link is cut")
             return
         pull_id = next(self.ids)
         log.debug("pull %s from node %s", object_id[:10], node_id[:8])
         self.pulls[pull_id] = {"object_id": object_id, "node": node_id, "offset": -1}
-        peer.conn.send(P.PullObject(pull_id, object_id))
+        from .node_transfer import pull_object
+        try:
+            error = await self.node.loop.run_in_executor(None, pull_object, self.node, info.address, object_id)
+        except Exception as exc:  # noqa: BLE001 - unreachable or cut off mid-transfer
+            error = f"the node holding it ({node_id[:8]}) is unreachable: it died or its link is cut ({exc})"
+        self.pulls.pop(pull_id, None)
+        if error:
+            self._pull_failed(object_id, error)
+        else:
+            self._finish_copy(object_id)
 
     def on_pull(self, peer, msg: P.PullObject) -> None:
         self.node.loop.create_task(self._send_object(peer, msg))

@@ -247,7 +247,7 @@ class TaskSubmitter:
     async def _activate(self, lease: Lease) -> None:
         try:
             await asyncio.shield(lease.link.ready)
-            reachable = True
+            reachable = not lease.link.closed  # the link may have died while this grant was on its way
         except Exception as exc:  # noqa: BLE001 - the worker vanished before we connected
             log.debug("lease %s: cannot reach worker: %s", lease.lease_id, exc)
             reachable = False
