@@ -205,6 +205,8 @@ class NodeAgent:
                 P.ObjectChunk: c.on_chunk, P.LeaseGranted: c.on_forwarded_grant,
                 P.WorkerDied: lambda peer, m: c.relay_worker_died(m),
                 P.ActorHome: c.on_actor_home, P.ActorInfo: c.on_actor_info,
+                P.FeedControl: self._on_feed_from_head,
+                P.EventBatch: lambda peer, m: self._publish(m.events, peer),
                 P.ActorCreateReply: lambda peer, m: None,
                 P.LeaseDeclined: lambda peer, m: node_drain.on_declined(self, peer, m),
                 P.LeaseRevoked: lambda peer, m: node_drain.relay_revoked(self, peer, m)}
@@ -239,7 +241,7 @@ class NodeAgent:
             self.starting[(worker.env_key, worker.dedicated)] -= 1
         client.conn.send(P.Registered(client.client_id, client.job_id, self.node_id, self.session_dir,
                                       self.arena.capacity, self.arena.backing, self._client_config()))
-        if self.subscribers():
+        if self.feed_on():
             client.conn.send(P.FeedControl(True, True))
         if client.worker is not None:
             self._worker_ready(client.worker)
@@ -654,7 +656,7 @@ class NodeAgent:
                 self.cluster.object_sealed(object_id)
             elif state == "FREED":
                 self.cluster.object_freed(object_id)
-        if not self.subscribers():
+        if not self.feed_on():
             return
         fields.update(kind=kind, id=object_id, state=state, time=time.time(), node=self.node_id)
         self._publish([fields])
@@ -662,30 +664,57 @@ class NodeAgent:
     def subscribers(self) -> list[Client]:
         return [c for c in self.clients.values() if c.subscribed is not None]
 
+    def feed_on(self) -> bool:
+        """Someone wants events: a subscriber here, or (through the head) on another node."""
+        return bool(self.subscribers()) or getattr(self, "remote_feed", False)
+
     def _publish(self, events: list, source: Client | None = None) -> None:
+        """To every subscriber but the source; events born here also go to the head, which
+        passes them to the nodes whose processes subscribe (the feed spans the cluster)."""
         for client in self.subscribers():
             if client is not source:  # a subscriber gets its own events locally, not echoed back
                 client.conn.send(P.EventBatch(events))
+        head = getattr(self.cluster, "head_link", None) if self.cluster is not None else None
+        if head is not None and getattr(self, "remote_feed", False) and source is not head:
+            head.conn.send(P.Events(events))
 
     def _on_subscribe(self, client: Client, msg: P.Subscribe) -> None:
+        first = not any(c.subscribed is not None and c.kind != "node" for c in self.clients.values())
         client.subscribed = list(msg.kinds)
+        if first and client.kind != "node":
+            self._tell_head(P.Subscribe([]))
         self._tell_feed_state()
 
     def _on_unsubscribe(self, client: Client, _msg) -> None:
         client.subscribed = None
+        if client.kind != "node" and not any(c.subscribed is not None and c.kind != "node"
+                                             for c in self.clients.values()):
+            self._tell_head(P.Unsubscribe())
+        self._tell_feed_state()
+
+    def _tell_head(self, msg: P.Msg) -> None:
+        head = getattr(self.cluster, "head_link", None) if self.cluster is not None else None
+        if head is not None:
+            head.conn.send(msg)
+
+    def _on_feed_from_head(self, peer: Client, msg: P.FeedControl) -> None:
+        self.remote_feed = msg.enabled
         self._tell_feed_state()
 
     def _tell_feed_state(self) -> None:
         """Every client learns whether to record events, and whether anyone else wants them."""
         subscribers = self.subscribers()
+        remote = getattr(self, "remote_feed", False)
         for client in self.clients.values():
-            others = any(s is not client for s in subscribers)
-            client.conn.send(P.FeedControl(bool(subscribers), others))
+            others = remote or any(s is not client for s in subscribers)
+            if client.kind == "node" and client is getattr(self.cluster, "head_link", None):
+                continue  # the head decides the cluster-wide feed, not us
+            client.conn.send(P.FeedControl(bool(subscribers) or remote, others))
 
     async def _telemetry_loop(self) -> None:
         while True:
             await asyncio.sleep(TELEMETRY_INTERVAL)
-            if self.subscribers():
+            if self.feed_on():
                 sample = self.telemetry.sample()
                 sample["store"] = self.objects.stats()
                 self.emit("node", self.node_id, "TELEMETRY", **sample)

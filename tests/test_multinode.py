@@ -263,3 +263,23 @@ def test_a_driver_without_a_node_of_its_own_works_through_a_relay():
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
         subprocess.run([sys.executable, "-m", "nebula.cli", "stop"], env=env, capture_output=True, timeout=60)
         shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_the_state_feed_spans_every_node():
+    import collections
+    nebula.shutdown()
+    nebula.init(address="local", num_nodes=2, num_cpus=1)
+    try:
+        _wait_for_nodes(2)
+        head, other = (n["NodeID"] for n in nebula.nodes())
+        seen = collections.Counter()
+        with nebula.state.subscribe(lambda batch: seen.update((e.kind, e.state, e.get("node")) for e in batch)):
+            nebula.get([make_array.options(scheduling_strategy=on(other)).remote(2**17) for _ in range(3)], timeout=60)
+            deadline = time.monotonic() + 10
+            while not (seen[("node", "TELEMETRY", other)] and seen[("node", "TELEMETRY", head)]):
+                assert time.monotonic() < deadline, f"no telemetry from both nodes: {seen}"
+                time.sleep(0.2)
+        assert seen[("object", "SEALED", other)] >= 3  # results stored on the other node
+        assert seen[("task", "RUNNING", other)] == 3
+    finally:
+        nebula.shutdown()
