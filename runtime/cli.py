@@ -64,6 +64,9 @@ def _add_start(commands) -> None:
     start.add_argument("--token-stdin", action="store_true",
                        help="read the token from the first line of standard input (as `nebula up` passes it)")
     start.add_argument("--heartbeat-timeout", type=float, default=3.0)
+    start.add_argument("--no-tls", action="store_true",
+                       help="allow a non-loopback --host: traffic between machines is then authenticated "
+                            "(HMAC) but not encrypted; only on networks you trust")
     start.add_argument("--block", action="store_true", help="stay in the foreground until killed")
     start.set_defaults(run=_run_start)
 

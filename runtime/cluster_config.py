@@ -15,7 +15,7 @@ _INT = re.compile(r"^[-+]?[0-9]+$")
 _FLOAT = re.compile(r"^[-+]?([0-9]+\.[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 KNOWN_KEYS = ("cluster_name", "head", "nodes", "port", "num_cpus", "python", "tmpdir",
-              "ssh_user", "ssh_port", "ssh_key", "ssh_options")
+              "ssh_user", "ssh_port", "ssh_key", "ssh_options", "no_tls")
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class ClusterConfig:
     ssh_port: int | None = None
     ssh_key: str | None = None
     ssh_options: tuple[str, ...] = field(default_factory=tuple)
+    no_tls: bool = False  # the user accepts authenticated but unencrypted traffic between hosts
 
     def tmpdir_for(self, host: str) -> str | None:
         """The NEBULA_TMPDIR used on ``host`` (``{host}`` in ``tmpdir`` becomes its address)."""
@@ -58,7 +59,7 @@ def cluster_config_from(data: dict, source: str) -> ClusterConfig:
         num_cpus=_positive(data, "num_cpus", source), python=_text(data, "python", source) or "python3",
         tmpdir=_text(data, "tmpdir", source), ssh_user=_text(data, "ssh_user", source),
         ssh_port=_port(data, "ssh_port", source), ssh_key=_text(data, "ssh_key", source),
-        ssh_options=_list(data, "ssh_options", source))
+        ssh_options=_list(data, "ssh_options", source), no_tls=_flag(data, "no_tls", source))
     _check_hosts(config, source)
     return config
 
@@ -80,6 +81,13 @@ def _cluster_name(data: dict, source: str) -> str:
         raise ValueError(f"{source}: cluster_name {name!r} may only use letters, digits, '.', '_' and '-' "
                          "(it names local state files)")
     return name
+
+
+def _flag(data: dict, key: str, source: str) -> bool:
+    value = data.get(key, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"{source}: {key} must be true or false, got {value!r}")
+    return value
 
 
 def _text(data: dict, key: str, source: str, required: bool = False) -> str | None:

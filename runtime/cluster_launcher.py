@@ -27,11 +27,13 @@ def start_from_cli(args) -> int:
     token, token_file = _token_for(args, session_dir)
     config = _node_config(session_dir, args.num_cpus, args.num_gpus, args.resources, args.object_store_memory,
                           logging.INFO)
-    config.update(heartbeat_timeout=args.heartbeat_timeout)
+    config.update(heartbeat_timeout=args.heartbeat_timeout, allow_plaintext=bool(getattr(args, "no_tls", False)))
     if args.head:
         config.update(tcp_host=args.host or "127.0.0.1", tcp_port=args.port)
     else:
         config.update(tcp_host=args.host or _route_to(args.address), join=args.address, prestart_workers=0)
+    from .node_cluster import check_plaintext_allowed
+    check_plaintext_allowed(config["tcp_host"], config["allow_plaintext"])  # fail here, not in the log
     if args.block:
         return _run_blocking(config, token, session_dir, token_file if args.head else "")
     unix_address, tcp_address = _start_detached(config, token, session_dir)

@@ -59,6 +59,7 @@ class ClusterLinks:
     # ---- start-up ---------------------------------------------------------------------------
 
     def listen(self) -> None:
+        check_plaintext_allowed(self.tcp_host, self.node.config.get("allow_plaintext", False))
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.tcp_host, self.tcp_port))
@@ -681,6 +682,19 @@ class ClusterLinks:
                  "resources_total": dict(n.resources_total), "resources_available": dict(n.resources_available),
                  "store": {"used": n.store_used, "capacity": n.store_capacity, "objects": n.store_objects}}
                 for n in self.view.values()]
+
+
+def check_plaintext_allowed(host: str, allowed: bool) -> None:
+    """Nebula has no TLS yet: listening beyond loopback needs the user's explicit consent."""
+    import ipaddress
+    try:
+        loopback = ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        loopback = False
+    if not loopback and not allowed:
+        raise ValueError(f"refusing to listen on {host}: Nebula does not encrypt traffic between machines yet "
+                         "(connections are authenticated with the token, not encrypted). Pass --no-tls (or "
+                         "no_tls: true in cluster.yaml) to accept that on a network you trust, or use 127.0.0.1")
 
 
 class _Silent:

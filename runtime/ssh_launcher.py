@@ -87,6 +87,8 @@ def _on_each(hosts, action) -> dict:
 
 def _start_on(config: ClusterConfig, host: str, role: list, token: bytes) -> None:
     args = ["start", *role, "--host", host, "--token-stdin"]
+    if config.no_tls:
+        args.append("--no-tls")
     if config.num_cpus is not None:
         args += ["--num-cpus", str(config.num_cpus)]
     run_over_ssh(config, host, _nebula_command(config, host, args), stdin=token + b"\n",

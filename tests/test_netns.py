@@ -49,7 +49,7 @@ class Cluster:
 
     def start(self, host: str, args: list[str]) -> None:
         cmd = ["bash", HOSTS, "exec", host, sys.executable, "-m", "nebula.cli", "start", "--num-cpus", "2",
-               "--heartbeat-timeout", "3", "--block", *args]
+               "--heartbeat-timeout", "3", "--no-tls", "--block", *args]
         self.procs[host] = subprocess.Popen(cmd, env=self.env(host), stdout=subprocess.DEVNULL,
                                             stderr=subprocess.DEVNULL)
 

@@ -89,6 +89,7 @@ class SSHHosts:
             f.write(textwrap.dedent(f"""\
                 # a test cluster
                 cluster_name: {name}
+                no_tls: true
                 ssh_user: root
                 ssh_port: 2222
                 ssh_key: {self.key}
