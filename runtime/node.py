@@ -40,6 +40,7 @@ from .telemetry import NodeTelemetry
 log = logging.getLogger("nebula.node")
 MEMORY_MONITOR_PERCENT = 95.0
 RELAY_CHUNK = 4 * 2**20
+ZYGOTE_DELAY = 1.0
 TELEMETRY_INTERVAL = 1.0
 
 
@@ -104,7 +105,7 @@ class NodeAgent:
     async def serve(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._listen()
-        self.start_zygote()
+        self.loop.call_later(ZYGOTE_DELAY, self.start_zygote)  # after the first workers, not competing
         if self.cluster is not None:
             self.cluster.listen()
             await self.cluster.start()
@@ -428,7 +429,9 @@ class NodeAgent:
     def _fork_or_spawn(self, worker_id: str, env: dict, cwd, python: str, log_path: str):
         """Fork from the zygote (milliseconds) when it can serve this interpreter, else start anew."""
         zygote = getattr(self, "zygote", None)
-        if zygote is not None and python == sys.executable and zygote.alive():
+        if zygote is not None:
+            zygote.collect_exits()
+        if zygote is not None and zygote.ready and python == sys.executable and zygote.alive():
             return zygote.spawn(worker_id, env, cwd, log_path)
         log_file = open(log_path, "ab")
         try:

@@ -617,6 +617,10 @@ class Session:
         self.tasks.close()
         self.node.close()
         await asyncio.sleep(0)
+        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 def _chain(src: concurrent.futures.Future, out: concurrent.futures.Future) -> None:

@@ -24,6 +24,7 @@ def main() -> None:
     _preload()
     requests = int(os.environ.pop("NEBULA_ZYGOTE_IN"))
     replies = int(os.environ.pop("NEBULA_ZYGOTE_OUT"))
+    os.write(replies, b"ready\n")
     pending = b""
     while True:
         ready, _, _ = select.select([requests], [], [], 0.05)
@@ -156,6 +157,7 @@ class Zygote:
         os.close(from_zygote_w)
         os.set_blocking(self._from_zygote, False)
         self.children: dict[int, ZygoteChild] = {}
+        self.ready = False  # until its imports are done, workers start the ordinary way (in parallel)
         self._pending = b""
         self._starting: dict[str, ZygoteChild] = {}
 
@@ -179,7 +181,9 @@ class Zygote:
             self._handle(line.decode().split())
 
     def _handle(self, words: list[str]) -> None:
-        if words[:1] == ["started"]:
+        if words[:1] == ["ready"]:
+            self.ready = True
+        elif words[:1] == ["started"]:
             child = self._starting.pop(words[1], None)
             if child is not None:
                 child.pid = int(words[2])
