@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 import nebula
+from polling import wait_until
 from nebula.exceptions import NebulaError, TaskCancelledError, TaskError, WorkerCrashedError
 
 from driver_process import joining_env, run_driver
@@ -84,15 +85,6 @@ def attempts(marker) -> int:
             return len(f.read().split())
     except FileNotFoundError:
         return 0
-
-
-def wait_until(predicate, timeout=5.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
 
 
 # ---- the crash table: failures inside the worker -----------------------------------------

@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 import nebula
+from polling import wait_until
 import nebula.output
 
 from conftest import nebula_processes
@@ -24,15 +25,6 @@ pytestmark = pytest.mark.timeout(60)
 @nebula.remote
 def square(x):
     return x * x
-
-
-def wait_until(predicate, timeout=5.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
 
 
 def our_nebula_processes() -> list:

@@ -9,20 +9,11 @@ import numpy as np
 import pytest
 
 import nebula
+from polling import wait_until
 from nebula.exceptions import ObjectStoreFullError
 
 pytestmark = pytest.mark.timeout(60)
 MiB = 1 << 20
-
-
-def wait_until(predicate, timeout=5.0, interval=0.05):
-    """Poll ``predicate`` until it is true; returns its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
 
 
 def store_object_ids() -> set:
