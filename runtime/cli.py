@@ -68,6 +68,9 @@ def _add_start(commands) -> None:
                        help="allow a non-loopback --host: traffic between machines is then authenticated "
                             "(HMAC) but not encrypted; only on networks you trust")
     start.add_argument("--block", action="store_true", help="stay in the foreground until killed")
+    start.add_argument("--dashboard-port", type=int, default=None,
+                       help="with --head: serve the dashboard page on this port (the token is required once)")
+    start.add_argument("--dashboard-host", default="127.0.0.1")
     start.set_defaults(run=_run_start)
 
 

@@ -39,6 +39,8 @@ def start_from_cli(args) -> int:
     unix_address, tcp_address = _start_detached(config, token, session_dir)
     if args.head:
         _write_current(tcp_address, unix_address, token_file, session_dir)
+        if args.dashboard_port:
+            _start_dashboard(args, unix_address, token_file, session_dir)
         for _ in range(args.nodes - 1):
             _start_extra_node(args, tcp_address, token)
     _print_started(args.head, tcp_address, token_file, session_dir)
@@ -88,6 +90,21 @@ def _start_detached(config: dict, token: bytes, session_dir: str) -> tuple[str, 
     addresses = _wait_ready(popen, session_dir)
     _record_started(popen.pid, session_dir)
     return addresses
+
+
+def _start_dashboard(args, unix_address: str, token_file: str, session_dir: str) -> None:
+    """The dashboard page as its own process (it needs the notebook extras: bokeh)."""
+    from .node_cluster import check_plaintext_allowed
+    check_plaintext_allowed(args.dashboard_host, bool(args.no_tls))
+    env = {**os.environ, "NEBULA_ADDRESS": unix_address, "NEBULA_TOKEN_FILE": token_file}
+    env.pop("NEBULA_TOKEN", None)
+    log_file = open(os.path.join(session_dir, "logs", "dashboard.out"), "ab")
+    popen = subprocess.Popen([sys.executable, "-m", "nebula.widgets.standalone", "--port", str(args.dashboard_port),
+                              "--host", args.dashboard_host], env=env, stdin=subprocess.DEVNULL,
+                             stdout=log_file, stderr=log_file, start_new_session=True)
+    log_file.close()
+    _record_started(popen.pid, session_dir)
+    print(f"dashboard: http://{args.dashboard_host}:{args.dashboard_port}/dashboard?token=<contents of the token file>")
 
 
 def _start_extra_node(args, head_address: str, token: bytes) -> None:
@@ -165,7 +182,7 @@ def stop_started() -> int:
     for path in (_started_file(), current_cluster_file()):
         if os.path.exists(path):
             os.unlink(path)
-    print(f"stopped {len(entries)} node agent(s)")
+    print(f"stopped {len(entries)} process(es) (node agents and dashboards)")
     return 0
 
 
@@ -173,7 +190,7 @@ def _stop_pid(pid: int) -> None:
     import psutil
     try:
         proc = psutil.Process(pid)
-        if "nebula.node_main" not in " ".join(proc.cmdline()):
+        if not any(m in " ".join(proc.cmdline()) for m in ("nebula.node_main", "nebula.widgets.standalone")):
             return  # the pid was reused by something else
         proc.terminate()
         proc.wait(5)
