@@ -12,6 +12,7 @@ import collections
 import logging
 import pickle
 
+from . import background
 from . import protocol as P
 from .exceptions import ActorDiedError
 from .ids import new_id, return_id
@@ -205,7 +206,7 @@ class ActorCaller:
             self._fail_all(channel)
         elif msg.state == "ALIVE":
             channel.link = self.session.tasks.link_for(msg.address)
-            self.session.loop.create_task(self._await_link(channel, channel.link))
+            background.start(self.session.loop, self._await_link(channel, channel.link))
 
     async def _await_link(self, channel: ActorChannel, link) -> None:
         try:

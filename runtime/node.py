@@ -26,6 +26,7 @@ import time
 import psutil
 
 from . import node_drain
+from . import background
 from . import protocol as P
 from . import wire
 from .child_process import describe_exit, spawn_child
@@ -114,8 +115,8 @@ class NodeAgent:
             env_key, env_bytes = prestart
             for _ in range(int(self.config.get("prestart_workers", self.pool.total.get("CPU", 1)))):
                 self._start_worker(env_key, bytes.fromhex(env_bytes), dedicated=False)
-        self.loop.create_task(self._watch_workers())
-        self.loop.create_task(self._telemetry_loop())
+        background.start(self.loop, self._watch_workers())
+        background.start(self.loop, self._telemetry_loop())
         self._ready = True
         await asyncio.Event().wait()
 
@@ -150,7 +151,7 @@ class NodeAgent:
             from .node_transfer import serve_pull
             serve_pull(self, sock)
             return
-        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._adopt(sock, role)))
+        self.loop.call_soon_threadsafe(lambda: background.start(self.loop, self._adopt(sock, role)))
 
     async def _adopt(self, sock: socket.socket, role: str) -> None:
         conn = await wire.Connection.adopt(sock, f"client ({role})")
@@ -585,7 +586,7 @@ class NodeAgent:
             return
         if client.remote and client.kind != "node":  # cannot map our store: send bytes, or just "ready"
             if pin:
-                self.loop.create_task(self._relay_object(client, rec, request_id))
+                background.start(self.loop, self._relay_object(client, rec, request_id))
             else:
                 client.conn.send(P.ObjectLocation(request_id, rec.object_id, -1, rec.size))
             return

@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 
+from . import background
 from . import protocol as P
 from . import wire
 
@@ -71,7 +72,7 @@ class ClusterLinks:
     async def start(self) -> None:
         if not self.is_head:
             await self._join_head()
-        self.node.loop.create_task(self._beat_loop())
+        background.start(self.node.loop, self._beat_loop())
 
     async def _join_head(self, patience: float = 60.0) -> None:
         """Connect to the head, retrying while it is still starting (or briefly unreachable)."""
@@ -96,7 +97,7 @@ class ClusterLinks:
         peer.kind, peer.peer_node = "node", welcome.node_id
         self.peers[welcome.node_id] = peer
         self.node.clients[peer.client_id] = peer
-        loop.create_task(self._run_peer(peer))
+        background.start(loop, self._run_peer(peer))
         return peer
 
     async def _run_peer(self, peer) -> None:
@@ -228,7 +229,7 @@ class ClusterLinks:
             del self.peers[node_id]
         self._requeue_forwarded(node_id)
         if not self.is_head and peer is getattr(self, "head_link", None):
-            self.node.loop.create_task(self._reach_head_again())
+            background.start(self.node.loop, self._reach_head_again())
         info = self.view.get(node_id)
         if self.is_head and info is not None and info.alive and info.draining:  # drained and gone: no timeout
             info.alive = False
@@ -279,7 +280,7 @@ class ClusterLinks:
 
     def forward(self, request, node_id: str) -> None:
         self._reserve_in_view(node_id, request.shape)
-        self.node.loop.create_task(self._forward(request, node_id))
+        background.start(self.node.loop, self._forward(request, node_id))
 
     async def _forward(self, request, node_id: str) -> None:
         peer = await self.peer(node_id)
@@ -437,7 +438,7 @@ class ClusterLinks:
         if rec is not None and (rec.offset >= 0 or rec.state != "PENDING"):
             self.__dict__.get("_local_wanted", set()).discard(object_id)
             return  # it arrived here meanwhile
-        self.node.loop.create_task(self._pull(object_id, node_id))
+        background.start(self.node.loop, self._pull(object_id, node_id))
 
     async def _pull(self, object_id: str, node_id: str) -> None:
         if any(p["object_id"] == object_id for p in self.pulls.values()):
@@ -461,7 +462,7 @@ class ClusterLinks:
             self._finish_copy(object_id)
 
     def on_pull(self, peer, msg: P.PullObject) -> None:
-        self.node.loop.create_task(self._send_object(peer, msg))
+        background.start(self.node.loop, self._send_object(peer, msg))
 
     async def _send_object(self, peer, msg: P.PullObject) -> None:
         objects = self.node.objects
@@ -557,7 +558,7 @@ class ClusterLinks:
         self.placed_actors[msg.actor_id] = (msg, client.client_id, restarts)
         self.actor_homes[msg.actor_id] = target
         self.actor_waiters.setdefault(msg.actor_id, set()).add(client.client_id)
-        self.node.loop.create_task(self._send_to_node(target, msgspec.structs.replace(msg, owner=client.client_id)))
+        background.start(self.node.loop, self._send_to_node(target, msgspec.structs.replace(msg, owner=client.client_id)))
         client.conn.send(P.ActorCreateReply(msg.actor_id))
         return True
 
@@ -590,7 +591,7 @@ class ClusterLinks:
         self.actor_homes[msg.actor_id] = msg.node_id
         if moved and self.actor_waiters.get(msg.actor_id):
             if msg.node_id != self.node.node_id:
-                self.node.loop.create_task(self._send_to_node(msg.node_id, P.WaitActor(0, msg.actor_id)))
+                background.start(self.node.loop, self._send_to_node(msg.node_id, P.WaitActor(0, msg.actor_id)))
             else:  # it now lives here: its callers wait on the local record
                 self.node.actors.adopt_waiters(msg.actor_id, self.actor_waiters.pop(msg.actor_id))
         if msg.name:
@@ -617,7 +618,7 @@ class ClusterLinks:
         if last is not None:
             client.conn.send(last)
         if first or last is None:
-            self.node.loop.create_task(self._send_to_node(home, P.WaitActor(0, msg.actor_id)))
+            background.start(self.node.loop, self._send_to_node(home, P.WaitActor(0, msg.actor_id)))
         return True
 
     def _unknown_actor(self, actor_id: str) -> None:
@@ -671,7 +672,7 @@ class ClusterLinks:
     def to_actor_home(self, actor_id: str, msg: P.Msg) -> None:
         home = self.actor_homes.get(actor_id)
         if home is not None and home != self.node.node_id:
-            self.node.loop.create_task(self._send_to_node(home, msg))
+            background.start(self.node.loop, self._send_to_node(home, msg))
 
     def client_gone(self, client_id: str) -> None:
         for peer in list(self.peers.values()):

@@ -22,6 +22,7 @@ import os
 import pickle
 import time
 
+from . import background
 from . import protocol as P
 from . import wire
 
@@ -82,7 +83,7 @@ def start(node, grace_s: float) -> None:
                                        store_capacity=objects.allocator.capacity, store_objects=len(objects.records)))
     _requeue_pending(node)
     _revoke_leases(node)
-    node.loop.create_task(_exit_when_idle(node, time.monotonic() + max(0.0, grace_s)))
+    background.start(node.loop, _exit_when_idle(node, time.monotonic() + max(0.0, grace_s)))
 
 
 def redirect(node, client, request, msg: P.RequestLease) -> bool:

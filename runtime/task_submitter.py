@@ -16,6 +16,7 @@ import logging
 import pickle
 import time
 
+from . import background
 from . import protocol as P
 from . import wire
 from .exceptions import TaskCancelledError, WorkerCrashedError
@@ -242,7 +243,7 @@ class TaskSubmitter:
         link = self.link_for(msg.address)
         lease = Lease(msg, key, link)
         self.activating[key] = self.activating.get(key, 0) + 1
-        self.session.loop.create_task(self._activate(lease))
+        background.start(self.session.loop, self._activate(lease))
 
     async def _activate(self, lease: Lease) -> None:
         try:
@@ -413,7 +414,7 @@ class TaskSubmitter:
         link = self.links.get(address)
         if link is None or link.closed:
             link = self.links[address] = WorkerLink(address)
-            self.session.loop.create_task(self._open_link(link))
+            background.start(self.session.loop, self._open_link(link))
         return link
 
     async def _open_link(self, link: WorkerLink) -> None:

@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 
+from . import background
 from . import protocol as P
 from . import wire
 from .exceptions import ActorDiedError, TaskCancelledError, capture_task_error
@@ -72,7 +73,7 @@ class Worker:
             log.warning("refused a task connection: %s", exc)
             sock.close()
             return
-        asyncio.run_coroutine_threadsafe(self._serve_link(sock), self.session.loop)
+        background.start_threadsafe(self.session.loop, self._serve_link(sock))
 
     async def _serve_link(self, sock: socket.socket) -> None:
         conn = await wire.Connection.adopt(sock, "owner")
@@ -249,7 +250,7 @@ class Worker:
 
     def _run_concurrent(self, conn: wire.Connection, spec: P.ExecuteTask) -> None:
         if self.actor_loop is not None:
-            asyncio.run_coroutine_threadsafe(self._run_async(conn, spec), self.actor_loop)
+            background.start_threadsafe(self.actor_loop, self._run_async(conn, spec))
         else:
             self.actor_pool.submit(self._run_threaded, conn, spec)
 

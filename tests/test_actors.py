@@ -379,3 +379,28 @@ def test_runtime_context_inside_actor_methods(cluster, kind):
     assert j1 == cluster["job_id"]
     if kind != "async":  # async calls interleave on one thread: no per-call task id there
         assert t1 == refs[0].task_id()
+
+
+def test_many_callers_share_one_actor_without_dropped_links(cluster):
+    """Regression: a connection's reader task, held only weakly by asyncio, was collected mid-call."""
+    @nebula.remote
+    class Tally:
+        def __init__(self):
+            self.n = 0
+
+        def add(self):
+            self.n += 1
+
+        def read(self):
+            return self.n
+
+    @nebula.remote
+    def add_many(tally, times):
+        for _ in range(times):
+            tally.add.remote()
+        return nebula.get(tally.read.remote())
+
+    tally = Tally.remote()
+    for _ in range(3):
+        nebula.get([add_many.remote(tally, 100) for _ in range(4)], timeout=60)
+    assert nebula.get(tally.read.remote(), timeout=30) == 1200
