@@ -204,8 +204,8 @@ def test_up_runs_a_task_on_every_host_and_down_stops_them(ssh_hosts):
 def test_unreachable_node_and_missing_interpreter_are_named(ssh_hosts):
     config = ssh_hosts.cluster_file("partial", [N1, N3], port=6392)
     up = ssh_hosts.nebula("up", config)
-    assert up.returncode == 1
-    assert f"node {N3} did not start: could not reach {N3} over SSH" in up.stdout
+    assert up.returncode == 1, up.stdout + up.stderr
+    assert f"node {N3} did not start: could not reach {N3} over SSH" in up.stdout, up.stdout + up.stderr
     assert "Connection refused" in up.stdout and "1 of 2 node(s)" in up.stdout
     down = ssh_hosts.nebula("down", config)
     assert down.returncode == 0, down.stdout + down.stderr
