@@ -51,18 +51,20 @@ def dashboard():
     env = {**os.environ, "NEBULA_TMPDIR": root}
     env.pop("NEBULA_ADDRESS", None)
     port = free_port()
-    subprocess.run([sys.executable, "-m", "nebula.cli", "start", "--head", "--port", "0", "--num-cpus", "1",
-                    "--dashboard-port", str(port)], env=env, check=True, capture_output=True, timeout=60)
-    current = json.load(open(os.path.join(root, f"nebula-{os.getuid()}", "current")))
-    token = open(current["token_file"]).read().strip()
-    url = f"http://127.0.0.1:{port}/dashboard"
-    deadline = time.monotonic() + 30
-    while _status_or_none(url) not in (302, 403):
-        assert time.monotonic() < deadline, "the dashboard never answered"
-        time.sleep(0.3)
-    yield url, token
-    subprocess.run([sys.executable, "-m", "nebula.cli", "stop"], env=env, capture_output=True, timeout=60)
-    shutil.rmtree(root, ignore_errors=True)
+    try:
+        subprocess.run([sys.executable, "-m", "nebula.cli", "start", "--head", "--port", "0", "--num-cpus", "1",
+                        "--dashboard-port", str(port)], env=env, check=True, capture_output=True, timeout=60)
+        current = json.load(open(os.path.join(root, f"nebula-{os.getuid()}", "current")))
+        token = open(current["token_file"]).read().strip()
+        url = f"http://127.0.0.1:{port}/dashboard"
+        deadline = time.monotonic() + 30
+        while _status_or_none(url) not in (302, 403):
+            assert time.monotonic() < deadline, "the dashboard never answered"
+            time.sleep(0.3)
+        yield url, token
+    finally:  # even when start-up failed half-way: nothing of ours keeps running
+        subprocess.run([sys.executable, "-m", "nebula.cli", "stop"], env=env, capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_the_page_needs_the_token_once_then_a_cookie(dashboard):
