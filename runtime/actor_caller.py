@@ -139,7 +139,6 @@ class ActorCaller:
             self._send(channel, call)
 
     def _send(self, channel: ActorChannel, call: ActorCall) -> None:
-        from .session import decode_error  # noqa: F401 - keeps import order light
         inline = []
         for dep in call.deps:
             entry = self.session.owned.get(dep.hex())

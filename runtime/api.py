@@ -99,7 +99,7 @@ def _connect(args: dict, token: str | None, logging_level, node_config):
     if shaping:
         raise ValueError(f"{', '.join(shaping)} shape a new cluster and cannot be given when joining the existing "
                          f"cluster at {target}; drop them, or use address='local' for a private cluster")
-    return Session(target, token_bytes, namespace=args.get("namespace") or "", **_driver_env(args))
+    return Session(target, token_bytes, namespace=args.get("namespace") or "")
 
 
 def _resolve_address(address: str | None, token: str | None) -> tuple[str, bytes]:
@@ -142,10 +142,6 @@ def _auto_address(path: str) -> tuple[str, bytes]:
         raise ConnectionError("address='auto' found no running cluster of yours on this machine: start one "
                               "with `nebula start --head`, or call nebula.init() for an embedded one") from None
     return info.get("unix_address") or info["address"], read_token(info["token_file"])
-
-
-def _driver_env(args: dict) -> dict:
-    return {}
 
 
 def _start_embedded(args: dict, logging_level, node_config):

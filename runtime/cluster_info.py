@@ -70,7 +70,8 @@ class RuntimeContext:
         return self._session.client_id
 
     def get_assigned_resources(self) -> dict:
-        return {}
+        raise NotImplementedError("Nebula does not report per-task assigned resources yet "
+                                  "(get_runtime_context().get_assigned_resources())")
 
     @property
     def namespace(self) -> str:
@@ -83,7 +84,8 @@ class RuntimeContext:
 
     @property
     def was_current_actor_reconstructed(self) -> bool:
-        return False
+        """True in an actor that was restarted after its process died (incarnation > 0)."""
+        return getattr(self._session, "actor_incarnation", 0) > 0
 
     def get(self) -> dict:
         return {"node_id": self.get_node_id(), "job_id": self.get_job_id(), "task_id": self.get_task_id(),

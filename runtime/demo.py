@@ -16,9 +16,35 @@ def run_demo(num_cpus: int | None = None) -> int:
     _tasks(nebula)
     _actor(nebula)
     _objects(nebula)
+    started = _descendants()
     nebula.shutdown()
-    print("shut down: no processes or shared memory left behind")
-    return 0
+    left = _still_running(started)
+    print(f"shut down: {len(started)} processes were started, {len(left)} left running"
+          + (f" (pids {left})" if left else ""))
+    return 1 if left else 0
+
+
+def _alive(process) -> bool:
+    import psutil
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _descendants() -> list:
+    import psutil
+    return psutil.Process().children(recursive=True)
+
+
+def _still_running(processes: list, timeout: float = 3.0) -> list[int]:
+    """Pids of ``processes`` still alive after ``timeout`` (zombies awaiting a reaper count as gone)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p.pid for p in processes if _alive(p)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
 
 
 def _tasks(nebula) -> None:

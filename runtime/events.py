@@ -1,4 +1,4 @@
-"""Per-process event recording: cheap tuples in a bounded ring, shipped only while subscribed.
+"""Per-process event recording: small dicts in a bounded ring, shipped only while subscribed.
 
 Each process records state transitions (tasks, objects, workers, actors, nodes) as small
 dicts ``{"kind", "id", "state", "time", ...}``. The node agent tells every client when

@@ -33,7 +33,7 @@ from .child_process import describe_exit, spawn_child
 from .ids import new_id
 from .node_actors import ActorDirectory
 from .node_objects import ObjectDirectory
-from .node_resources import gpu_env_for, thread_limit_env
+from .node_resources import thread_limit_env
 from .node_scheduler import LeaseQueue, LeaseRequest, ResourcePool
 from .store_arena import Arena
 from .telemetry import NodeTelemetry
@@ -203,8 +203,7 @@ class NodeAgent:
         c = self.cluster
         return {P.NodeHello: c.on_node_hello, P.NodeHeartbeat: c.on_heartbeat, P.ClusterView: c.on_view,
                 P.ObjectsSealed: c.on_objects_sealed, P.ObjectsFreed: c.on_objects_freed,
-                P.WhereIs: c.on_where_is, P.ObjectAt: c.on_object_at, P.PullObject: c.on_pull,
-                P.ObjectChunk: c.on_chunk, P.LeaseGranted: c.on_forwarded_grant,
+                P.WhereIs: c.on_where_is, P.ObjectAt: c.on_object_at, P.LeaseGranted: c.on_forwarded_grant,
                 P.WorkerDied: lambda peer, m: c.relay_worker_died(m),
                 P.ActorHome: c.on_actor_home, P.ActorInfo: c.on_actor_info,
                 P.FeedControl: self._on_feed_from_head,
@@ -249,7 +248,8 @@ class NodeAgent:
             self._worker_ready(client.worker)
 
     def _client_config(self) -> dict:
-        return {"node_id": self.node_id, "address": self.address, "resources": self.pool.total}
+        tcp = self.cluster.tcp_address if self.cluster is not None else ""
+        return {"node_id": self.node_id, "address": self.address, "resources": self.pool.total, "tcp_address": tcp}
 
     def _new_job_id(self) -> str:
         self.job_counter += 1

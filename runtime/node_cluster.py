@@ -2,8 +2,8 @@
 
     member ──NodeHello/NodeHeartbeat──► head ──ClusterView (every beat)──► every member
     node A ──RequestLease(forwarded)──► node B ──LeaseGranted (B's worker, TCP)──► A ──► client
-    node A ──WhereIs──► head (object directory) ──ObjectAt(B)──► A ──PullObject──► B
-    B ──ObjectChunk × n (4 MiB each, flow-controlled)──► A: copy sealed in A's own store
+    node A ──WhereIs──► head (object directory) ──ObjectAt(B)──► A pulls from B over a data
+    socket (node_transfer.py): B's shared memory to A's, the copy sealed in A's own store
 
 Data moves node to node, never through the head; the head is only asked *where*. A node
 that misses heartbeats for ``heartbeat_timeout`` seconds is marked dead and everyone stops
@@ -25,7 +25,6 @@ from . import wire
 
 log = logging.getLogger("nebula.node.cluster")
 HEARTBEAT_INTERVAL = 0.5
-CHUNK = 4 * 2**20
 
 
 class ClusterLinks:
@@ -47,6 +46,7 @@ class ClusterLinks:
         self.locations: dict[str, set[str]] = {}
         self.where_waiters: dict[str, list] = {}
         self.pulls: dict[int, dict] = {}
+        self.wanted: set[str] = set()  # objects local readers wait for that live elsewhere
         self.lost: dict[str, str] = {}  # object id -> the dead node that held its only copy
         self.ids = itertools.count(1)
         self.incarnation = os.urandom(4).hex()
@@ -210,7 +210,7 @@ class ClusterLinks:
                 peer.conn.send(P.ObjectAt(request_id, object_id, error=self._lost_text(object_id)))
 
     def _fail_lost_local_reads(self) -> None:
-        for object_id in [o for o in self.where_waiters_local() if o in self.lost]:
+        for object_id in [o for o in self.wanted if o in self.lost]:
             self._pull_failed(object_id, self._lost_text(object_id))
 
     def _lost_text(self, object_id: str) -> str:
@@ -259,14 +259,10 @@ class ClusterLinks:
     def spill_target(self, request, exclude_self: bool = True) -> str:
         """A live node whose free resources fit ``request`` (its preferred node first), or ''."""
         fits = lambda n: all(n.resources_available.get(k, 0.0) + 1e-9 >= v for k, v in request.shape.items())  # noqa: E731
-        candidates = [n for n in self.alive_nodes() if n.node_id != self.node.node_id and not n.draining
-                      and n.node_id in self.peers_or_view() and fits(n)]
+        candidates = [n for n in self.alive_nodes() if n.node_id != self.node.node_id and not n.draining and fits(n)]
         preferred = [n for n in candidates if n.node_id == getattr(request, "preferred_node", "")]
         chosen = (preferred or sorted(candidates, key=lambda n: -n.resources_available.get("CPU", 0.0)))
         return chosen[0].node_id if chosen else ""
-
-    def peers_or_view(self) -> set[str]:
-        return set(self.view)
 
     def feasible_somewhere(self, shape: dict) -> bool:
         return any(all(n.resources_total.get(k, 0.0) + 1e-9 >= v for k, v in shape.items())
@@ -397,11 +393,9 @@ class ClusterLinks:
         self.locations.setdefault(object_id, set()).add(node_id)
         for peer, request_id in self.where_waiters.pop(object_id, []):
             peer.conn.send(P.ObjectAt(request_id, object_id, node_id))
-        if node_id != self.node.node_id and object_id in self.where_waiters_local():
+        if node_id != self.node.node_id and object_id in self.wanted:
             self.start_pull(object_id, node_id)
 
-    def where_waiters_local(self) -> set:
-        return getattr(self, "_local_wanted", set())
 
     def on_where_is(self, peer, msg: P.WhereIs) -> None:
         locs = [n for n in self.locations.get(msg.object_id, ()) if self.view.get(n) and self.view[n].alive]
@@ -414,10 +408,9 @@ class ClusterLinks:
 
     def locate(self, object_id: str) -> None:
         """A local reader wants an object this node does not hold: find it and pull it."""
-        wanted = self.__dict__.setdefault("_local_wanted", set())
-        if object_id in wanted:
+        if object_id in self.wanted:
             return
-        wanted.add(object_id)
+        self.wanted.add(object_id)
         if self.is_head:
             locs = [n for n in self.locations.get(object_id, ()) if n != self.node.node_id]
             if locs:
@@ -436,7 +429,7 @@ class ClusterLinks:
     def start_pull(self, object_id: str, node_id: str) -> None:
         rec = self.node.objects.records.get(object_id)
         if rec is not None and (rec.offset >= 0 or rec.state != "PENDING"):
-            self.__dict__.get("_local_wanted", set()).discard(object_id)
+            self.wanted.discard(object_id)
             return  # it arrived here meanwhile
         background.start(self.node.loop, self._pull(object_id, node_id))
 
@@ -461,59 +454,8 @@ class ClusterLinks:
         else:
             self._finish_copy(object_id)
 
-    def on_pull(self, peer, msg: P.PullObject) -> None:
-        background.start(self.node.loop, self._send_object(peer, msg))
-
-    async def _send_object(self, peer, msg: P.PullObject) -> None:
-        objects = self.node.objects
-        rec = objects.records.get(msg.object_id)
-        if rec is None or rec.state != "SEALED" or (rec.spilled and objects.restore(rec)):
-            peer.conn.send(P.ObjectChunk(msg.pull_id, msg.object_id, 0, 0, error="not held here"))
-            return
-        holder = f"pull:{msg.pull_id}"
-        objects.pin(rec, holder)
-        try:
-            await self._stream_chunks(peer, msg, rec)
-        finally:
-            objects.unpin(rec.object_id, holder)
-
-    async def _stream_chunks(self, peer, msg: P.PullObject, rec) -> None:
-        view = self.node.objects.view
-        for start in range(0, max(rec.size, 1), CHUNK):
-            end = min(rec.size, start + CHUNK)
-            peer.conn.send(P.ObjectChunk(msg.pull_id, rec.object_id, start, rec.size,
-                                         bytes(view[rec.offset + start:rec.offset + end])))
-            peer.conn._flush()
-            await peer.conn.writer.drain()
-        self.node.emit("object", rec.object_id, "TRANSFERRED", size=rec.size, to=peer.peer_node)
-
-    def on_chunk(self, peer, msg: P.ObjectChunk) -> None:
-        pull = self.pulls.get(msg.pull_id)
-        if pull is None:
-            return
-        if msg.error:
-            del self.pulls[msg.pull_id]
-            self._pull_failed(msg.object_id, msg.error)
-            return
-        if pull["offset"] < 0 and not self._begin_copy(pull, msg):
-            return
-        view = self.node.objects.view
-        view[pull["offset"] + msg.offset:pull["offset"] + msg.offset + len(msg.data)] = msg.data
-        if msg.offset + len(msg.data) >= msg.total:
-            del self.pulls[msg.pull_id]
-            self._finish_copy(msg.object_id)
-
-    def _begin_copy(self, pull: dict, msg: P.ObjectChunk) -> bool:
-        result = self.node.objects.allocate(msg.object_id, msg.total, "")
-        if isinstance(result, str):
-            self._pull_failed(msg.object_id, result)
-            return False
-        self.node.arena.reserve(result, msg.total)
-        pull["offset"] = result
-        return True
-
     def _finish_copy(self, object_id: str) -> None:
-        self.__dict__.get("_local_wanted", set()).discard(object_id)
+        self.wanted.discard(object_id)
         rec = self.node.objects.seal(object_id, [])
         if rec is not None:
             self.node._answer_waiters(rec)
@@ -521,7 +463,7 @@ class ClusterLinks:
     def _pull_failed(self, object_id: str, reason: str) -> None:
         from .exceptions import ObjectLostError
         from .session import encode_system_error
-        self.__dict__.get("_local_wanted", set()).discard(object_id)
+        self.wanted.discard(object_id)
         err = ObjectLostError(object_id, f"could not fetch it from another node: {reason}")
         rec = self.node.objects.fail(object_id, encode_system_error(err))
         self.node._answer_waiters(rec)

@@ -285,9 +285,6 @@ class ActorReady(Msg):
     error: bytes = b""
 
 
-class ExitWorker(Msg):
-    reason: str
-
 
 # ---- owner <-> worker (task link) --------------------------------------------------------
 
@@ -445,4 +442,3 @@ class LeaseRevoked(Msg):
 
 
 MESSAGE_TYPES = tuple(Msg.__subclasses__())
-HANDSHAKE_TYPES = Hello | Challenge | Proof | Welcome | Refused

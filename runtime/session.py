@@ -235,7 +235,6 @@ class Session:
                 P.ActorCreateReply: lambda m: self.actors.on_create_reply(m),
                 P.FeedControl: lambda m: self.events.set_enabled(m.enabled, m.others),
                 P.EventBatch: lambda m: self.events.deliver(m.events),
-                P.ExitWorker: lambda m: os._exit(0),
                 P.BecomeActor: lambda m: self.worker_inbox.put(("actor", m, None)),
                 P.LeaseInfeasible: lambda m: log.warning(m.message),
             }

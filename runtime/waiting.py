@@ -4,7 +4,6 @@ from __future__ import annotations
 import threading
 import time
 
-from .exceptions import GetTimeoutError  # noqa: F401 - documented neighbour of wait
 
 
 def wait_for(session, refs: list, num_returns: int, timeout: float | None):

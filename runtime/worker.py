@@ -225,6 +225,7 @@ class Worker:
 
     def _become_actor(self, msg: P.BecomeActor) -> None:
         self.actor_id = msg.actor_id
+        self.session.actor_incarnation = msg.incarnation
         self.session.current_task.actor_id = msg.actor_id
         try:
             cls, data, dep_ids, meta = deserialize(msg.spec)

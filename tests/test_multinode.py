@@ -5,6 +5,7 @@ import os
 import time
 
 import numpy as np
+import psutil
 import pytest
 
 import nebula
@@ -158,9 +159,11 @@ def test_actor_on_a_dead_node_restarts_on_another():
         actor = NodeCounter.options(scheduling_strategy=on(other, soft=True)).remote()
         assert nebula.get(actor.where.remote(), timeout=30) == (other, 1)
         victim = nebula.api.local_cluster().extra_nodes[0]
+        its_processes = psutil.Process(victim.pid).children(recursive=True)
         victim.kill()
         victim.wait()
-        time.sleep(0.5)  # its workers die with it (parent-death signal)
+        _, alive = psutil.wait_procs(its_processes, timeout=10)  # they die with it (parent-death signal)
+        assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
         node, calls = nebula.get(actor.where.remote(), timeout=60)
         assert (node, calls) == (head, 1)  # state rebuilt by __init__ on the surviving node
     finally:

@@ -27,4 +27,7 @@ def __getattr__(name: str):
 
 
 def get_node_ip_address() -> str:
-    return "127.0.0.1"
+    """The address this process's node advertises to the cluster (127.0.0.1 when single-node)."""
+    from ..session import current_session
+    tcp = current_session().config.get("tcp_address", "")
+    return tcp.rpartition(":")[0] if tcp else "127.0.0.1"
