@@ -404,3 +404,27 @@ def test_many_callers_share_one_actor_without_dropped_links(cluster):
     for _ in range(3):
         nebula.get([add_many.remote(tally, 100) for _ in range(4)], timeout=60)
     assert nebula.get(tally.read.remote(), timeout=30) == 1200
+
+
+def test_a_restarted_actor_knows_it_was_reconstructed(cluster):
+    @nebula.remote(max_restarts=1)
+    class Phoenix:
+        def status(self):
+            return os.getpid(), nebula.get_runtime_context().was_current_actor_reconstructed
+
+        def die(self):
+            os._exit(1)
+
+    phoenix = Phoenix.remote()
+    first_pid, reconstructed = nebula.get(phoenix.status.remote(), timeout=30)
+    assert reconstructed is False
+    phoenix.die.remote()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            pid, reconstructed = nebula.get(phoenix.status.remote(), timeout=30)
+            break
+        except nebula.exceptions.ActorDiedError:  # calls made while it restarts fail
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert pid != first_pid and reconstructed is True
