@@ -16,7 +16,7 @@ import time
 
 from .child_process import spawn_child, terminate_tree
 from .node_resources import NodeResources
-from .session_files import new_session_dir, write_token_file
+from .session_files import check_socket_room, new_session_dir, write_token_file
 from .store_arena import default_store_capacity, parse_memory_size
 
 log = logging.getLogger("nebula.cluster")
@@ -43,6 +43,7 @@ class LocalCluster:
                                "multi_node=True) to add nodes")
         index = len(self.extra_nodes) + len(self.draining_nodes) + 2
         node_dir = os.path.join(self.session_dir, f"n{index}")
+        check_socket_room(node_dir)
         for sub in ("", "logs", "spill"):
             os.makedirs(os.path.join(node_dir, sub), mode=0o700, exist_ok=True)
         config = _node_config(node_dir, num_cpus, num_gpus, resources, object_store_memory, logging.INFO)

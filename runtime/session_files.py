@@ -35,14 +35,19 @@ def new_session_dir() -> str:
     prune_old_sessions()
     name = f"s-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(2)}"
     path = os.path.join(user_root(), name)
-    longest = os.path.join(path, "n99", "w-" + "0" * 16 + ".sock")
-    if len(longest.encode()) > 107:
-        raise ValueError(f"the session directory {path} is too long for Unix socket paths (107 bytes at most); "
-                         "set NEBULA_TMPDIR to a shorter directory, such as /tmp")
+    check_socket_room(path)
     os.mkdir(path, 0o700)
     for sub in ("logs", "spill"):
         os.mkdir(os.path.join(path, sub), 0o700)
     return path
+
+
+def check_socket_room(directory: str) -> None:
+    """Unix socket paths hold 107 bytes at most: fail now, with what to do, not at bind time."""
+    longest = os.path.join(directory, "w-" + "0" * 16 + ".sock")
+    if len(longest.encode()) > 107:
+        raise ValueError(f"the directory {directory} is too long for Unix socket paths (107 bytes at most); "
+                         "set NEBULA_TMPDIR to a shorter directory, such as /tmp")
 
 
 def prune_old_sessions(keep: int = KEEP_SESSIONS) -> None:

@@ -46,7 +46,7 @@ class SSHHosts:
     """head, n1, n2 (sshd on 2222) and n3 (no sshd) on a private bridge; own namespaces and subnet."""
 
     def __init__(self):
-        self.root = tempfile.mkdtemp(prefix="nebula-ssh-")
+        self.root = tempfile.mkdtemp(prefix="nbs-")  # short: Unix socket paths are limited
         self.env = {**os.environ, "HOSTS_PREFIX": "nsh-", "HOSTS_SUBNET": SUBNET,
                     "HOSTS_STATE_DIR": os.path.join(self.root, "hosts-state")}
         self.sshd: list[subprocess.Popen] = []
