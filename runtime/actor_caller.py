@@ -117,9 +117,11 @@ class ActorCaller:
 
     def _submit(self, call: ActorCall) -> None:
         channel = self._channel(call.spec.actor_id)
-        self.session.events.task(call.spec.task_id, "SUBMITTED", name=call.spec.name, actor=channel.actor_id,
-                                 owner=self.session.client_id, job=self.session.job_id,
-                                 deps=[d.hex() for d in call.deps])
+        events = self.session.events
+        if events.enabled:
+            events.add("task", call.spec.task_id, "SUBMITTED", {
+                "name": call.spec.name, "actor": channel.actor_id, "owner": self.session.client_id,
+                "job": self.session.job_id, "deps": tuple(d.hex() for d in call.deps)})
         if channel.state == "DEAD":
             self._fail_call(call, channel)
             return
@@ -150,7 +152,9 @@ class ActorCaller:
         channel.in_flight[call.spec.task_id] = call
         self.session.tasks.result_handlers[call.spec.task_id] = lambda m: self._on_result(channel, m)
         channel.link.conn.send(call.spec)
-        self.session.events.task(call.spec.task_id, "RUNNING", name=call.spec.name, actor=channel.actor_id)
+        if self.session.events.enabled:
+            self.session.events.add("task", call.spec.task_id, "RUNNING", {"name": call.spec.name,
+                                                                           "actor": channel.actor_id})
 
     def _on_result(self, channel: ActorChannel, msg: P.TaskResult) -> None:
         call = channel.in_flight.pop(msg.task_id, None)

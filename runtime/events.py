@@ -1,8 +1,9 @@
-"""Per-process event recording: small dicts in a bounded ring, shipped only while subscribed.
+"""Per-process event recording: tuples in a bounded ring, shipped only while subscribed.
 
-Each process records state transitions (tasks, objects, workers, actors, nodes) as small
-dicts ``{"kind", "id", "state", "time", ...}``. The node agent tells every client when
-someone subscribes (``FeedControl``); only then are batches shipped to it, every
+Each process records state transitions (tasks, objects, workers, actors, nodes) as tuples
+``(kind, id, state, time, fields)``, ``fields`` being a dict of the rest: recording costs one
+tuple and one append, and nothing at all while nobody subscribes. The node agent tells every
+client when someone subscribes (``FeedControl``); only then are batches shipped to it, every
 ``FLUSH_INTERVAL`` seconds, and fanned out to subscribers as ``EventBatch``es.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ import threading
 import time
 
 from . import protocol as P
+from .state_events import to_records
 
 log = logging.getLogger("nebula.events")
 RING_SIZE = 20000
@@ -34,22 +36,25 @@ class EventRecorder:
         self._delivery_thread: threading.Thread | None = None
 
     def record(self, kind: str, object_id: str, state: str, **fields) -> None:
-        if not self.enabled:
-            return
-        fields.update(kind=kind, id=object_id, state=state, time=time.time())
-        self.ring.append(fields)
+        if self.enabled:
+            self.add(kind, object_id, state, fields)
+
+    def add(self, kind: str, object_id: str, state: str, fields: dict) -> None:
+        """Record one event; hot paths call this directly, behind their own ``enabled`` check, so
+        nothing is computed for the feed while nobody subscribes. A plain tuple is the cheapest
+        record to keep; the delivery thread makes ``Event``s of it."""
+        self.ring.append((kind, object_id, state, time.time(), fields))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.session.post(self._schedule_flush)
 
-    def task(self, task_id: str, state: str, **fields) -> None:
-        self.record("task", task_id, state, **fields)
-
     def task_ended(self, task_id: str, state: str, name: str, start: float, end: float, error: bytes = b"") -> None:
         """FINISHED or FAILED; a failure carries ``error``, one line naming what was raised."""
         if self.enabled:
-            summary = {"error": error_summary(error)} if error else {}
-            self.task(task_id, state, name=name, start=start, end=end, **summary)
+            fields = {"name": name, "start": start, "end": end}
+            if error:
+                fields["error"] = error_summary(error)
+            self.add("task", task_id, state, fields)
 
     def object_created(self, object_id: str, size: int, in_store: bool) -> None:
         self.record("object", object_id, "CREATED", size=size, in_store=in_store,
@@ -92,8 +97,9 @@ class EventRecorder:
         if not self.subscribers:
             self.session.send_node(P.Unsubscribe())
 
-    def deliver(self, events: list) -> None:
-        self._deliveries.put(events)
+    def deliver(self, raw_events: list) -> None:
+        """Recorded events, from here or (as the wire carries them) from other processes."""
+        self._deliveries.put(raw_events)
 
     def _ensure_delivery_thread(self) -> None:
         if self._delivery_thread is None:
@@ -101,11 +107,10 @@ class EventRecorder:
             self._delivery_thread.start()
 
     def _deliver_loop(self) -> None:
-        from .state import to_records
         while True:
-            events = self._deliveries.get()
+            records = to_records(self._deliveries.get())
             for callback, kinds in list(self.subscribers):
-                batch = to_records(e for e in events if kinds is None or e.get("kind") in kinds)
+                batch = records if kinds is None else [r for r in records if r.kind in kinds]
                 if batch:
                     _call_safely(callback, batch)
 

@@ -662,8 +662,8 @@ class NodeAgent:
                 self.cluster.object_freed(object_id)
         if not self.feed_on():
             return
-        fields.update(kind=kind, id=object_id, state=state, time=time.time(), node=self.node_id)
-        self._publish([fields])
+        fields["node"] = self.node_id
+        self._publish([(kind, object_id, state, time.time(), fields)])
 
     def subscribers(self) -> list[Client]:
         return [c for c in self.clients.values() if c.subscribed is not None]

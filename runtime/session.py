@@ -293,8 +293,9 @@ class Session:
             entry = self.owned.pop(object_id, None)
         if entry is None or entry.in_store or entry.escaped:
             self.node.send(P.RemoveRefs([object_id]))
-        if entry is not None:
-            self.events.object_freed(object_id)
+        if entry is not None and not entry.task_id:
+            self.events.object_freed(object_id)  # a put's end (its CREATED was recorded); the node
+            # reports stored task results itself, and inline ones never reach the feed
 
     def borrow_ref(self, object_id: str, owner: str) -> ObjectRef:
         ref = ObjectRef(object_id, owner, self)

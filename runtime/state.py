@@ -12,36 +12,11 @@ import collections
 import dataclasses
 import json
 import types
-import typing
 
 from .session import current_session
+from .state_events import Event, to_records  # noqa: F401 - Event is part of this module's API
 
 EVENT_KINDS = ("task", "object", "worker", "actor", "node")
-
-
-class Event(typing.NamedTuple):
-    """One state transition: ``kind`` ("task", "object", ...), the thing's ``id``, its new
-    ``state``, when (``time``, seconds since the epoch) and the rest as read-only ``data``."""
-
-    kind: str
-    id: str
-    state: str
-    time: float
-    data: types.MappingProxyType
-
-    def get(self, key: str, default=None):
-        return self.data.get(key, default)
-
-
-_HEADER = ("kind", "id", "state", "time")
-
-
-def to_records(raw_events) -> list[Event]:
-    out = []
-    for raw in raw_events:
-        data = {k: v for k, v in raw.items() if k not in _HEADER}
-        out.append(Event(raw["kind"], raw["id"], raw["state"], raw["time"], types.MappingProxyType(data)))
-    return out
 
 
 @dataclasses.dataclass(frozen=True)

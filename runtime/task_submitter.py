@@ -134,8 +134,11 @@ class TaskSubmitter:
 
     def _submit(self, task: PendingTask) -> None:
         self.tasks[task.spec.task_id] = task
-        self.session.events.task(task.spec.task_id, "SUBMITTED", name=task.name, owner=self.session.client_id,
-                                 job=self.session.job_id, deps=[d.hex() for d in task.deps])
+        events = self.session.events
+        if events.enabled:
+            events.add("task", task.spec.task_id, "SUBMITTED", {
+                "name": task.name, "owner": self.session.client_id, "job": self.session.job_id,
+                "deps": tuple(d.hex() for d in task.deps)})
         task.dep_sources = [self.session.readiness(d) for d in task.deps]
         waiting = [f for f in task.dep_sources if not f.done()]
         if not waiting:
@@ -187,8 +190,8 @@ class TaskSubmitter:
         queue = self.queues.setdefault(task.key, collections.deque())
         queue.append(task)
         self._pump(task.key)
-        if task.lease is None and self.session.events.enabled:
-            self.session.events.task(task.spec.task_id, "PENDING_NODE", name=task.name)  # waits for a worker
+        if task.lease is None and self.session.events.enabled:  # it waits for a worker
+            self.session.events.add("task", task.spec.task_id, "PENDING_NODE", {"name": task.name})
 
     def _depth(self, task: PendingTask) -> int:
         avg = self.durations.get(task.spec.function_id)
@@ -305,8 +308,9 @@ class TaskSubmitter:
         task.lease = lease
         self.result_handlers[task.spec.task_id] = self._on_task_result
         link.conn.send(spec)
-        self.session.events.task(task.spec.task_id, "RUNNING", name=task.name, node=lease.node_id,
-                                 worker=lease.worker_id, pid=lease.pid)
+        if self.session.events.enabled:
+            self.session.events.add("task", task.spec.task_id, "RUNNING", {
+                "name": task.name, "node": lease.node_id, "worker": lease.worker_id, "pid": lease.pid})
 
     def _on_task_result(self, msg: P.TaskResult) -> None:
         task = self.tasks.get(msg.task_id)

@@ -18,6 +18,7 @@ import os
 import socket
 import struct
 import sys
+import types
 import typing
 
 import msgspec
@@ -35,7 +36,16 @@ FRAME_LIMIT = 1 << 31
 STREAM_LIMIT = 16 * 2**20
 _LEN = struct.Struct("<I")
 
-_encoder = msgspec.msgpack.Encoder()
+
+
+def _encode_other(value):
+    """Read-only mappings (state-feed events carry their fields as one) go as plain maps."""
+    if isinstance(value, types.MappingProxyType):
+        return dict(value)
+    raise NotImplementedError(f"cannot send a {type(value).__name__} in a message")
+
+
+_encoder = msgspec.msgpack.Encoder(enc_hook=_encode_other)
 _decoder = msgspec.msgpack.Decoder(typing.Union[P.MESSAGE_TYPES])  # type: ignore[valid-type]
 
 

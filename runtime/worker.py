@@ -25,6 +25,7 @@ from . import background
 from . import protocol as P
 from . import wire
 from .exceptions import ActorDiedError, TaskCancelledError, capture_task_error
+from .object_ref import ObjectRef
 from .output_capture import OutputCapture, OutputTarget
 from .serialization import deserialize, serialize
 from .session import INLINE_LIMIT, Session, encode_system_error
@@ -193,12 +194,15 @@ class Worker:
         return fn
 
     def _fetch_args(self, spec: P.ExecuteTask) -> dict:
+        """Values of the top-level ref arguments. Their refs are not counted here (no borrow to
+        confirm): the caller keeps each argument alive until the result arrives, and a pin keeps
+        the store memory behind zero-copy values alive after that."""
         values, to_get = {}, []
         for object_id, inline in spec.arg_refs:
             if inline:
                 values[object_id] = deserialize(inline)
             else:
-                to_get.append(self.session.borrow_ref(object_id, spec.owner))
+                to_get.append(ObjectRef(object_id, spec.owner, self.session, counted=False))
         if to_get:
             for ref, value in zip(to_get, self.session.get(to_get, None, lend_cpu=False)):
                 values[ref.hex()] = value
