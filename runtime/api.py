@@ -179,6 +179,16 @@ def _auto_init():
         return session_module.current_session_or_none()
 
 
+def join_env() -> dict[str, str]:
+    """Environment variables with which a process on this machine joins the cluster this process
+    is connected to (``NEBULA_ADDRESS``, ``NEBULA_TOKEN``): its ``nebula.init()`` then needs no
+    arguments. Give them to a child through its environment, never on its command line."""
+    session = session_module.current_session_or_none()
+    if session is None:
+        raise RuntimeError("not connected to a cluster: call nebula.init() first")
+    return {"NEBULA_ADDRESS": session.address, "NEBULA_TOKEN": session.token.decode()}
+
+
 def is_initialized() -> bool:
     return session_module.current_session_or_none() is not None
 

@@ -15,7 +15,7 @@ import threading
 import time
 
 from . import protocol as P
-from .state_events import to_records
+from .state_events import coalesced_records, to_records
 
 log = logging.getLogger("nebula.events")
 RING_SIZE = 20000
@@ -82,8 +82,8 @@ class EventRecorder:
 
     # ---- subscribers in this process ---------------------------------------------------------
 
-    def add_subscriber(self, callback, kinds) -> object:
-        token = (callback, frozenset(kinds) if kinds else None)
+    def add_subscriber(self, callback, kinds, coalesce: bool = False) -> object:
+        token = (callback, frozenset(kinds) if kinds else None, coalesce)
         self.subscribers.append(token)
         self.enabled = True
         self._ensure_delivery_thread()
@@ -108,8 +108,11 @@ class EventRecorder:
 
     def _deliver_loop(self) -> None:
         while True:
-            records = to_records(self._deliveries.get())
-            for callback, kinds in list(self.subscribers):
+            raw, forms = self._deliveries.get(), {}
+            for callback, kinds, coalesce in list(self.subscribers):
+                records = forms.get(coalesce)
+                if records is None:
+                    records = forms[coalesce] = (coalesced_records if coalesce else to_records)(raw)
                 batch = records if kinds is None else [r for r in records if r.kind in kinds]
                 if batch:
                     _call_safely(callback, batch)

@@ -161,9 +161,9 @@ def test_a_notebook_widget_ticks_on_its_own_thread_and_stops_when_closed(cluster
     while len(tasks.data["key"]) < 5:
         assert time.monotonic() < deadline, "the widget's task graph did not fill"
         time.sleep(0.1)
-    pump = widget._pump
+    pump, models = widget._pump, widget.board.process.popen  # its view models run in their own process
     widget.close()
-    assert not pump.alive and not widget.board.feed.connected
+    assert not pump.alive and not widget.board.connected and models.poll() is not None
     widget.close()                           # closing twice is harmless
     del held
 

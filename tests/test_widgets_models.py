@@ -441,3 +441,22 @@ def test_timeline_this_notebook_only_keeps_the_owners_tasks():
     model = TimelineModel(owner=ME)
     model.apply([submitted("a"), running("a"), submitted("b", owner=OTHER), running("b"), running("x")], now=200.0)
     assert model.columns()["tasks"]["key"] == ["a:0"]
+
+
+def test_timeline_draws_short_back_to_back_tasks_of_one_function_as_one_bar():
+    model = TimelineModel()
+    browser = BrowserCopy(model.columns())
+    # what a coalesced feed delivers for tasks that were over before a tick: one FINISHED each
+    batch = [ev("task", f"s{i}", "FINISHED", name="f", owner=ME, node=N1, pid=11,
+                start=100.0 + i * 0.002, end=100.0 + i * 0.002 + 0.001) for i in range(50)]
+    batch += [ev("task", "g0", "FINISHED", name="g", owner=ME, node=N1, pid=11, start=100.2, end=100.201),
+              ev("task", "s50", "FINISHED", name="f", owner=ME, node=N2, pid=22, start=100.0, end=100.001),
+              ev("task", "long", "FINISHED", name="f", owner=ME, node=N1, pid=11, start=100.202, end=100.5)]
+    feed(model, browser, batch)
+    cols = model.columns()["tasks"]
+    assert cols["name"] == ["f", "g", "f", "f"]  # another function, another worker, a long task: bars of their own
+    assert cols["start"][0] == pytest.approx(100_000.0) and cols["end"][0] == pytest.approx(100_099.0)
+    assert cols["duration"][0] == "50 tasks, 50.0 ms busy"
+    feed(model, browser, [ev("task", "late", "FINISHED", name="f", owner=ME, node=N2, pid=22,
+                             start=100.005, end=100.006)])     # a later tick extends the bar the browser has
+    assert model.columns()["tasks"]["duration"][2] == "2 tasks, 2.0 ms busy"

@@ -1,6 +1,6 @@
 """The views' one source of data: ``nebula.state`` events, buffered off the delivery thread.
 
-    nebula.state.subscribe ──(delivery thread)──► ClusterFeed buffer (bounded, locked)
+    nebula.state.subscribe(coalesce=True) ──(delivery thread)──► ClusterFeed buffer (bounded, locked)
                                                         │ poll(), on the thread or loop that owns
                                                         ▼ the document, every update period
               (start_over, events): the snapshot as seed events first, then the feed's events
@@ -66,7 +66,7 @@ class ClusterFeed:
 
     def _connect(self) -> list[Event]:
         try:
-            self._subscription = nebula.state.subscribe(self.receive)
+            self._subscription = nebula.state.subscribe(self.receive, coalesce=True)
             snapshot = nebula.state.snapshot()
         except Exception:  # the cluster went away meanwhile: try again on the next poll
             log.warning("could not subscribe to the cluster's state feed", exc_info=True)

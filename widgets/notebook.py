@@ -1,6 +1,7 @@
 """The notebook widgets: ``Dashboard()`` and the four views alone, as jupyter_bokeh widgets.
 
-Each widget is a ``BokehModel`` whose document belongs to its own ``DocumentThread``.
+Each widget is a ``BokehModel`` whose document belongs to its own ``DocumentThread``; its
+view models run in a process of their own (``OffloadedBoard``), so the kernel only draws.
 The kernel owns the document; the browser only flips the "this notebook only" switch:
 
 - jupyter_bokeh's browser side echoes back every change the kernel sends (streams, patches,
@@ -18,7 +19,7 @@ import os
 
 from jupyter_bokeh import BokehModel
 
-from .board import Board
+from .offloaded_board import OffloadedBoard
 from .pump import DocumentThread
 from .views import NodeResourcesView, ObjectPlacementView, TaskGraphView, TimelineView
 
@@ -30,7 +31,7 @@ class LiveWidget(BokehModel):
 
     def __init__(self, views: list, period: float = UPDATE_PERIOD, **kwargs):
         ensure_bokehjs()
-        self.board = Board(views, per_row=2 if len(views) > 1 else 1)
+        self.board = OffloadedBoard(views, period, per_row=2 if len(views) > 1 else 1)
         super().__init__(self.board.layout, **kwargs)
         self.board.prime()
         self._controls = self.board.browser_controls()

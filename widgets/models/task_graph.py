@@ -133,7 +133,7 @@ class TaskGraphModel:
 
     def _changes(self, task: TaskInfo, event, state: str) -> dict:
         changes = {"state": state}
-        if event.state == "RUNNING":
+        if event.state == "RUNNING" or event.get("node") or event.get("worker"):  # also a coalesced run
             changes.update(self._where(task, event))
             task.node, task.worker = changes["node"], changes["worker"]
         if state in DONE:

@@ -2,20 +2,25 @@
 
 Each run of a task is one bar in its worker's lane, coloured by function. A bar appears when
 the task starts (its end following the clock while it runs) and is corrected to the
-worker's own start and end times when it finishes. Old bars roll over past ``rollover``.
+worker's own start and end times when it finishes. Short tasks of one function that ran
+back to back on one worker and were over before the view saw them run (under ``MERGE_BELOW``
+each, less than that apart) share one bar that says how many it holds: at thousands of tasks
+a second one bar per task would be below a pixel wide, and cost the kernel and the browser
+for each. Old bars roll over past ``rollover``.
 """
 from __future__ import annotations
 
 import time
 
-from .tasks import (CANCELLED, DONE, FAILED, ActorDirectory, BoundedMap, duration_text, function_color, short,
-                    view_state)
+from .tasks import (CANCELLED, DONE, FAILED, FINISHED, ActorDirectory, BoundedMap, duration_text, function_color,
+                    seconds_text, short, view_state)
 from .update import RowTable, Update
 
 COLUMNS = ("key", "lane", "start", "end", "name", "color", "outline", "alpha", "state", "duration")
 UNKNOWN_LANE = "unknown worker"
 OVERFLOW_LANE = ("", "more")
 FAILED_OUTLINE = "#de2d26"
+MERGE_BELOW = 0.01  # seconds: shorter finished tasks, closer than this to the last one, extend its bar
 
 
 class TimelineModel:
@@ -31,6 +36,7 @@ class TimelineModel:
         self.tasks = BoundedMap(memory)           # task id -> (name, actor) of tasks this view shows
         self.running: dict[str, tuple] = {}       # task id -> key of its open bar
         self.runs = BoundedMap(memory)            # task id -> runs so far (retries get new bars)
+        self.last_short: dict[str, list] = {}     # lane -> [bar key, name, end, tasks, busy seconds]
         self._lanes_changed = False
 
     def apply(self, events, now: float | None = None) -> Update:
@@ -54,14 +60,13 @@ class TimelineModel:
         return {"lanes": list(self.lanes.values())}
 
     def _on_task(self, event) -> None:
-        if event.state == "SUBMITTED":
-            if self.owner is None or event.get("owner") == self.owner:
-                self.tasks[event.id] = (event.get("name") or "?", event.get("actor") or "")
-            return
-        if event.id not in self.tasks:
-            if self.owner is not None:
+        if event.id not in self.tasks or event.state == "SUBMITTED":
+            # a task's first event (a coalesced one carries its submission's owner and name too)
+            if self.owner is not None and event.get("owner") != self.owner:
                 return
             self.tasks[event.id] = (event.get("name") or "?", event.get("actor") or "")
+        if event.state == "SUBMITTED":
+            return
         state = view_state(event)
         if event.state == "RUNNING":
             self._open_bar(event)
@@ -85,14 +90,29 @@ class TimelineModel:
         if key is None or key not in self.bars:
             if not (start and end):
                 return  # never started (cancelled or failed while queued): nothing ran
+            if state == FINISHED and self._extend_short(event, start, end):
+                return
             self._open_bar(event)
             key = self.running.pop(event.id)
+            if state == FINISHED and end - start < MERGE_BELOW:
+                self.last_short[self.bars.get(key)["lane"]] = [key, self.tasks[event.id][0], end, 1, end - start]
         changes = {"state": state, "alpha": 0.9, "duration": duration_text(start, end)}
         if start and end:
             changes.update(start=start * 1e3, end=end * 1e3)
         if state in (FAILED, CANCELLED):
             changes["outline"] = FAILED_OUTLINE
         self.bars.set(key, **changes)
+
+    def _extend_short(self, event, start: float, end: float) -> bool:
+        """Add a short finished task to its lane's last short bar, if it ran right after it."""
+        name, actor = self.tasks[event.id]
+        last = self.last_short.get(self._lane(*self._where(event, actor), actor))
+        if last is None or last[1] != name or end - start >= MERGE_BELOW or \
+                not 0 <= start - last[2] < MERGE_BELOW or last[0] not in self.bars:
+            return False
+        last[2], last[3], last[4] = end, last[3] + 1, last[4] + (end - start)
+        self.bars.set(last[0], end=end * 1e3, duration=f"{last[3]} tasks, {seconds_text(last[4])} busy")
+        return True
 
     def _follow_clock(self, now: float) -> None:
         for key in self.running.values():

@@ -10,27 +10,22 @@ from __future__ import annotations
 import numpy as np
 from bokeh.models import ColumnDataSource, LayoutDOM
 
-ALL, MINE = "all", "mine"
+from ..models.view_models import ViewModels
 
 
 class View:
     title = ""
-    key = ""           # names the view's sources "<key>.<source>" (what tests and scripts look up)
-    filterable = True  # False: the view shows node-wide figures the switch cannot split
+    key = ""  # names the view's models (``MODEL_TYPES``) and its sources "<key>.<source>"
 
     def __init__(self):
-        self.mine = False
-        self.models = {ALL: self.make_model(None)}
+        self.pair = ViewModels.for_key(self.key)
         self.sources: dict[str, ColumnDataSource] = {}
-        for name, data in self.models[ALL].columns().items():
+        for name, data in self.pair.shown.columns().items():
             self.source(name, data)
         self.layout: LayoutDOM = self.build()
-        self.apply_props(self.models[ALL].props())
+        self.apply_props(self.pair.shown.props())
 
     # ---- what each view defines ------------------------------------------------------------------
-
-    def make_model(self, owner: str | None):
-        raise NotImplementedError
 
     def build(self) -> LayoutDOM:
         raise NotImplementedError
@@ -44,25 +39,26 @@ class View:
     # ---- driving ----------------------------------------------------------------------------------
 
     @property
+    def models(self) -> dict:
+        return self.pair.models
+
+    @property
     def active(self) -> str:
-        return MINE if self.mine and MINE in self.models else ALL
+        return self.pair.active
 
     def reset(self, owner: str | None) -> None:
         """Start over (a new connection): fresh models, ``owner`` being this process's client id."""
-        self.models = {ALL: self.make_model(None)}
-        if owner is not None and self.filterable:
-            self.models[MINE] = self.make_model(owner)
+        self.pair.reset(owner)
         self.show_all()
 
     def show_mine(self, mine: bool) -> None:
-        self.mine = mine
+        self.pair.mine = mine
         self.show_all()
 
     def apply(self, events: list, now: float) -> None:
-        for which, model in self.models.items():
-            update = model.apply(events, now)
-            if which == self.active and update:
-                self._show(update)
+        update = self.pair.apply(events, now)
+        if update:
+            self.show(update)
 
     def source(self, name: str, columns=()) -> ColumnDataSource:
         source = self.sources.get(name)
@@ -73,7 +69,8 @@ class View:
                 self.source_added(name, source)
         return source
 
-    def _show(self, update) -> None:
+    def show(self, update) -> None:
+        """Apply one ``Update`` of the shown model to the sources."""
         for name, data in update.replace.items():
             self.source(name, data).data = data
         for name, patch in update.patch.items():
@@ -84,15 +81,17 @@ class View:
             self.apply_props(update.props)
 
     def show_all(self) -> None:
-        """Replace every source's data with the active model's (a filter switch, a new browser view)."""
-        model = self.models[self.active]
-        columns = model.columns()
+        """Replace every source's data with the shown model's (a filter switch, a new browser view)."""
+        self.show_columns(self.pair.shown.columns(), self.pair.shown.props())
+
+    def show_columns(self, columns: dict, props: dict) -> None:
+        """Every source's whole data (sources the model does not name are emptied) and the view's props."""
         for name, source in list(self.sources.items()):
             if name not in columns:
                 source.data = {column: [] for column in source.data}
         for name, data in columns.items():
             self.source(name, data).data = data
-        self.apply_props(model.props())
+        self.apply_props(props)
 
 
 def _numbers_as_arrays(rows: dict) -> dict:

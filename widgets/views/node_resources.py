@@ -9,7 +9,6 @@ from bokeh.models import FactorRange, GlyphRenderer, HoverTool, Line, Range1d, S
 from bokeh.plotting import figure
 from bokeh.transform import linear_cmap
 
-from ..models.node_resources import NodeResourcesModel
 from .base import View
 
 METRICS = (("cpu", "CPU (mean of cores)", "#3182bd"), ("memory", "memory", "#31a354"),
@@ -20,10 +19,7 @@ CORE_PALETTE = ("#f7fbff", "#deebf7", "#c6dbef", "#9ecae1", "#6baed6", "#4292c6"
 class NodeResourcesView(View):
     title = "Node resources"
     key = "node_resources"
-    filterable = False
 
-    def make_model(self, owner):
-        return NodeResourcesModel()
 
     def build(self):
         self._dashes = itertools.cycle(("solid", "dashed", "dotted", "dotdash", "dashdot"))

@@ -6,7 +6,7 @@ from bokeh.models import FactorRange, FixedTicker, HoverTool, Range1d, Span
 from bokeh.plotting import figure
 from bokeh.transform import dodge, factor_cmap
 
-from ..models.object_placement import FREED, PRIMARY, SECONDARY, SPILLED, ObjectPlacementModel
+from ..models.object_placement import FREED, PRIMARY, SECONDARY, SPILLED
 from .base import View
 
 COLORS = {PRIMARY: "#3182bd", SECONDARY: "#9ecae1", SPILLED: "#e6550d", FREED: "#ffffff"}
@@ -18,8 +18,6 @@ class ObjectPlacementView(View):
     title = "Object placement"
     key = "object_placement"
 
-    def make_model(self, owner):
-        return ObjectPlacementModel(owner=owner)
 
     def build(self):
         return column(self._store_plot(), self._cell_plot(), sizing_mode="stretch_width", name="object_placement")

@@ -7,7 +7,7 @@ from bokeh.models import HoverTool, Legend, LegendItem, SingleIntervalTicker
 from bokeh.plotting import figure
 from bokeh.transform import factor_cmap, factor_mark
 
-from ..models.task_graph import KINDS, TaskGraphModel
+from ..models.task_graph import KINDS
 from ..models.tasks import STATE_COLORS, STATES
 from .base import View
 
@@ -21,8 +21,6 @@ class TaskGraphView(View):
     title = "Task graph"
     key = "task_graph"
 
-    def make_model(self, owner):
-        return TaskGraphModel(owner=owner)
 
     def build(self):
         plot = figure(title=self.title, height=340, sizing_mode="stretch_width", toolbar_location="above",

@@ -4,7 +4,6 @@ from __future__ import annotations
 from bokeh.models import DataRange1d, FactorRange, HoverTool
 from bokeh.plotting import figure
 
-from ..models.timeline import TimelineModel
 from .base import View
 
 TOOLTIPS = [("function", "@name"), ("state", "@state"), ("node · worker", "@lane"), ("duration", "@duration")]
@@ -15,8 +14,6 @@ class TimelineView(View):
     title = "Timeline (task stream per worker)"
     key = "timeline"
 
-    def make_model(self, owner):
-        return TimelineModel(owner=owner)
 
     def build(self):
         self.lanes = FactorRange(factors=[])
