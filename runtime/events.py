@@ -14,11 +14,15 @@ import queue
 import threading
 import time
 
+import msgspec
+
 from . import protocol as P
 from .state_events import coalesced_records, to_records
 
 log = logging.getLogger("nebula.events")
 RING_SIZE = 20000
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(list[tuple[str, str, str, float, dict]])
 FLUSH_INTERVAL = 0.1
 
 
@@ -72,7 +76,7 @@ class EventRecorder:
             batch = list(self.ring)
             self.ring.clear()
             if self.ship:
-                self.session.node.send(P.Events(batch))
+                self.session.node.send(P.Events(encode_events(batch)))
             if self.subscribers:
                 self.deliver(batch)
 
@@ -97,8 +101,8 @@ class EventRecorder:
         if not self.subscribers:
             self.session.send_node(P.Unsubscribe())
 
-    def deliver(self, raw_events: list) -> None:
-        """Recorded events, from here or (as the wire carries them) from other processes."""
+    def deliver(self, raw_events) -> None:
+        """Recorded events: a list from here, or encoded (bytes) from other processes."""
         self._deliveries.put(raw_events)
 
     def _ensure_delivery_thread(self) -> None:
@@ -109,6 +113,8 @@ class EventRecorder:
     def _deliver_loop(self) -> None:
         while True:
             raw, forms = self._deliveries.get(), {}
+            if isinstance(raw, bytes):
+                raw = _decoded(raw)
             for callback, kinds, coalesce in list(self.subscribers):
                 records = forms.get(coalesce)
                 if records is None:
@@ -116,6 +122,20 @@ class EventRecorder:
                 batch = records if kinds is None else [r for r in records if r.kind in kinds]
                 if batch:
                     _call_safely(callback, batch)
+
+
+def encode_events(events: list) -> bytes:
+    """Events as ``Events``/``EventBatch`` carry them (encoded once, passed on as they are)."""
+    return _encoder.encode(events)
+
+
+def _decoded(raw: bytes) -> list:
+    try:
+        events = _decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:  # a bad batch costs itself only
+        log.warning("dropped a state-feed batch that could not be decoded: %s", exc)
+        return []
+    return events
 
 
 def error_summary(payload: bytes) -> str:

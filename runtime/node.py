@@ -30,6 +30,7 @@ from . import background
 from . import protocol as P
 from . import wire
 from .child_process import describe_exit, spawn_child
+from .events import encode_events
 from .ids import new_id
 from .node_actors import ActorDirectory
 from .node_objects import ObjectDirectory
@@ -663,7 +664,7 @@ class NodeAgent:
         if not self.feed_on():
             return
         fields["node"] = self.node_id
-        self._publish([(kind, object_id, state, time.time(), fields)])
+        self._publish(encode_events([(kind, object_id, state, time.time(), fields)]))
 
     def subscribers(self) -> list[Client]:
         return [c for c in self.clients.values() if c.subscribed is not None]
@@ -672,7 +673,7 @@ class NodeAgent:
         """Someone wants events: a subscriber here, or (through the head) on another node."""
         return bool(self.subscribers()) or getattr(self, "remote_feed", False)
 
-    def _publish(self, events: list, source: Client | None = None) -> None:
+    def _publish(self, events: bytes, source: Client | None = None) -> None:
         """To every subscriber but the source; events born here also go to the head, which
         passes them to the nodes whose processes subscribe (the feed spans the cluster)."""
         for client in self.subscribers():

@@ -264,11 +264,11 @@ class FeedControl(Msg):
 
 
 class Events(Msg):
-    events: list
+    events: bytes  # a msgpack list of (kind, id, state, time, fields): nodes pass it on undecoded
 
 
 class EventBatch(Msg):
-    events: list
+    events: bytes  # decoded by the receiving process's delivery thread, off its I/O thread
 
 
 # ---- node agent -> worker (control) ------------------------------------------------------

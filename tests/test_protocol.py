@@ -238,3 +238,25 @@ def test_many_bad_connections_at_once(cluster, listeners):
     for sock in socks:
         read_until_closed(sock)
     assert_cluster_serves(cluster, worker_pids)
+
+
+def test_a_malformed_state_feed_batch_costs_only_itself(cluster, caplog):
+    """Nodes pass feed batches on undecoded; the subscriber's process drops a bad one and goes on."""
+    import msgspec
+    got = []
+    with nebula.state.subscribe(got.extend):
+        sock, _welcome, fds = wire.connect(cluster["address"], token_of(cluster), "driver")
+        for fd in fds:
+            os.close(fd)
+        try:
+            for garbage in (msgspec.msgpack.encode([["task", 1, None]]), b"\xc1", os.urandom(64)):
+                sock.sendall(wire.encode_frame(P.Events(garbage)))
+            time.sleep(0.5)
+            nebula.get(ping.remote())
+            deadline = time.monotonic() + 10
+            while not any(e.kind == "task" and e.state == "FINISHED" for e in got):
+                assert time.monotonic() < deadline, "the feed stopped after a bad batch"
+                time.sleep(0.05)
+        finally:
+            sock.close()
+    assert "dropped a state-feed batch" in caplog.text
