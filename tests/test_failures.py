@@ -395,3 +395,27 @@ def test_forked_child_gets_a_clear_error(cluster):
     assert message.startswith("NebulaError") and "fork" in message, message
     assert nebula.get(take.remote(2)) == "ran"  # the parent is unaffected
     gc.collect()
+
+
+def test_the_memory_monitor_kills_the_newest_task_and_says_why():
+    """With the monitor's threshold just above what the machine uses now, a task that takes
+    a further 1 GiB is killed, and its error says it was the monitor, at what use."""
+    nebula.shutdown()
+    memory = psutil.virtual_memory()
+    threshold = memory.percent + (2**30 / memory.total) * 100 / 2   # half of what the task will take
+    nebula.init(num_cpus=1, object_store_memory="64MiB", _node_config={"memory_monitor_percent": threshold})
+    try:
+        @nebula.remote(max_retries=0)
+        def hog():
+            block = bytearray(2**30)          # 1 GiB, touched page by page
+            for at in range(0, len(block), 4096):
+                block[at] = 1
+            time.sleep(30)
+
+        with pytest.raises(WorkerCrashedError) as caught:
+            nebula.get(hog.remote(), timeout=45)
+        message = str(caught.value)
+        assert "killed by the memory monitor" in message and "GiB" in message
+        assert nebula.get(nebula.put(1)) == 1  # the node goes on
+    finally:
+        nebula.shutdown()
