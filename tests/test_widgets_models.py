@@ -460,3 +460,18 @@ def test_timeline_draws_short_back_to_back_tasks_of_one_function_as_one_bar():
     feed(model, browser, [ev("task", "late", "FINISHED", name="f", owner=ME, node=N2, pid=22,
                              start=100.005, end=100.006)])     # a later tick extends the bar the browser has
     assert model.columns()["tasks"]["duration"][2] == "2 tasks, 2.0 ms busy"
+
+
+def test_task_views_ignore_a_state_that_arrives_after_a_later_one():
+    """A task's owner and its worker report through different paths: a late 'running' or
+    'submitted' must not move a finished task back, in the graph or on the timeline."""
+    graph, timeline = TaskGraphModel(), TimelineModel()
+    late = [finished("a"), running("a"), submitted("a")]  # the worker's reports came first
+    for model in (graph, timeline):
+        model.apply(late, now=200.0)
+    assert graph.columns()["tasks"]["state"] == [FINISHED]
+    cols = timeline.columns()["tasks"]
+    assert cols["state"] == [FINISHED] and not timeline.running
+    graph.apply([running("b"), finished("b", state="FAILED", error="ValueError: x"), running("b"),
+                 finished("b")], now=200.0)                  # a retried user error: the retry's end wins
+    assert dict(zip(graph.columns()["tasks"]["key"], graph.columns()["tasks"]["state"]))["b"] == FINISHED

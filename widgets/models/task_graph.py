@@ -14,7 +14,7 @@ from __future__ import annotations
 import collections
 import math
 
-from .tasks import (CANCELLED, DONE, FAILED, FINISHED, PENDING, RUNNING, STATES, WAITING, ActorDirectory,
+from .tasks import (CANCELLED, DONE, FAILED, FINISHED, PENDING, PROGRESS, RUNNING, STATES, WAITING, ActorDirectory,
                     BoundedMap, duration_text, seconds_text, short, task_of_object, view_state)
 from .update import RowTable, Update
 
@@ -113,6 +113,8 @@ class TaskGraphModel:
             task = self._new_task(event)
             if task is None:
                 return
+        elif PROGRESS[state] < PROGRESS[task.state]:
+            return  # stale: it arrived after a later state of the task
         if self.grouped:
             self._group_transition(task, event, state)
         else:

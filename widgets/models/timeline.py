@@ -36,6 +36,7 @@ class TimelineModel:
         self.tasks = BoundedMap(memory)           # task id -> (name, actor) of tasks this view shows
         self.running: dict[str, tuple] = {}       # task id -> key of its open bar
         self.runs = BoundedMap(memory)            # task id -> runs so far (retries get new bars)
+        self.ended = BoundedMap(memory)           # task id -> True once a run of it ended
         self.last_short: dict[str, list] = {}     # lane -> [bar key, name, end, tasks, busy seconds]
         self._lanes_changed = False
 
@@ -69,7 +70,8 @@ class TimelineModel:
             return
         state = view_state(event)
         if event.state == "RUNNING":
-            self._open_bar(event)
+            if event.id not in self.ended:  # else a stale report, come after the end it preceded
+                self._open_bar(event)
         elif state in DONE:
             self._close_bar(event, state)
 
@@ -86,6 +88,7 @@ class TimelineModel:
 
     def _close_bar(self, event, state: str) -> None:
         start, end = event.get("start"), event.get("end")
+        self.ended[event.id] = True
         key = self.running.pop(event.id, None)
         if key is None or key not in self.bars:
             if not (start and end):
