@@ -8,16 +8,33 @@
 
     nebula.get(add.remote(1, 2))       # 3
 
-The public API is re-exported here; ``import nebula`` loads no notebook library.
+The public API is re-exported here; ``import nebula`` loads no notebook library. It is
+loaded on first use (PEP 562): ``import nebula`` itself imports nothing else, so the node
+agent and worker processes (``python -m nebula.node_main``) and ``init()`` start quickly.
 """
 from __future__ import annotations
 
-from . import exceptions
-from .actor import method
-from .api import cancel, get, get_actor, init, is_initialized, kill, put, remote, shutdown, wait
-from .cluster_info import available_resources, cluster_resources, get_gpu_ids, get_runtime_context, nodes
-from .object_ref import ObjectRef
-from .state import timeline
+import importlib
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:  # what the lazy names below are, for type checkers and IDEs
+    from . import exceptions
+    from .actor import method
+    from .api import cancel, get, get_actor, init, is_initialized, kill, put, remote, shutdown, wait
+    from .cluster_info import available_resources, cluster_resources, get_gpu_ids, get_runtime_context, nodes
+    from .object_ref import ObjectRef
+    from .state import timeline
+del TYPE_CHECKING
+
+# Public name -> the module that defines it (imported on first access, then cached here).
+_EXPORTS = {
+    "cancel": "api", "get": "api", "get_actor": "api", "init": "api", "is_initialized": "api",
+    "kill": "api", "put": "api", "remote": "api", "shutdown": "api", "wait": "api",
+    "method": "actor",
+    "available_resources": "cluster_info", "cluster_resources": "cluster_info", "get_gpu_ids": "cluster_info",
+    "get_runtime_context": "cluster_info", "nodes": "cluster_info",
+    "ObjectRef": "object_ref", "timeline": "state",
+}
 
 __version__ = "0.1.0"
 
@@ -47,12 +64,23 @@ _NOT_IMPLEMENTED = {
 
 
 def __getattr__(name: str):
-    if name in ("actor", "util", "state", "widgets", "kernel_ext"):
-        import importlib
-        return importlib.import_module(f".{name}", __name__)
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
     if name in _NOT_IMPLEMENTED:
         raise NotImplementedError(f"Nebula does not implement {_NOT_IMPLEMENTED[name]} (nebula.{name})")
+    if not name.startswith("_"):  # a submodule not imported yet (nebula.exceptions, nebula.session, ...)
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
     raise AttributeError(f"module 'nebula' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS) | set(__all__))
 
 
 def load_ipython_extension(ipython):

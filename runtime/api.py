@@ -10,13 +10,35 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 import warnings
 
 from .exceptions import NebulaError
 from .object_ref import ObjectRef
 from .options import ActorOptions, TaskOptions, make_options
-from . import session as session_module
+
+
+class _ImportedOnFirstUse:
+    """``nebula.session``, imported when first used (then it replaces this stand-in): ``init()``
+    starts the embedded cluster's node agent first and imports the client side (asyncio, the
+    protocol, the store) while the agent starts, instead of before."""
+
+    def __getattr__(self, name: str):
+        global session_module
+        from . import session
+        session_module = session
+        return getattr(session, name)
+
+
+session_module = _ImportedOnFirstUse()
+
+
+def _session_if_any():
+    """The current session, without importing nebula.session: none exists before it is imported."""
+    module = sys.modules.get(f"{__package__}.session")
+    return module.current_session_or_none() if module is not None else None
+
 
 log = logging.getLogger("nebula")
 _lock = threading.RLock()
@@ -48,7 +70,7 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
                 object_store_memory=object_store_memory, namespace=namespace, runtime_env=runtime_env,
                 num_nodes=num_nodes)
     with _lock:
-        if session_module.current_session_or_none() is not None:
+        if _session_if_any() is not None:
             return _reinit(args, ignore_reinit_error)
         _check_platform()
         session = _connect(args, token, logging_level, _node_config)
@@ -89,10 +111,10 @@ def _reinit(args: dict, ignore_reinit_error: bool):
 
 
 def _connect(args: dict, token: str | None, logging_level, node_config):
-    from .session import Session
     address = args["address"]
     if address == "local" or (address is None and not os.environ.get("NEBULA_ADDRESS")):
         return _start_embedded(args, logging_level, node_config)
+    from .session import Session
     target, token_bytes = _resolve_address(address, token)
     target = _local_route(target)
     shaping = [k for k in _CLUSTER_SHAPING if args.get(k) is not None]
@@ -146,10 +168,10 @@ def _auto_address(path: str) -> tuple[str, bytes]:
 
 def _start_embedded(args: dict, logging_level, node_config):
     from .local_cluster import start_local_cluster
-    from .session import Session
     cluster = start_local_cluster(args["num_cpus"], args["num_gpus"], args["resources"],
                                   args["object_store_memory"], logging_level, node_config,
-                                  num_nodes=args.get("num_nodes") or 1)
+                                  num_nodes=args.get("num_nodes") or 1, meanwhile=_import_client_side)
+    from .session import Session
     try:
         session = Session(cluster.address, cluster.token, namespace=args.get("namespace") or "")
     except BaseException:
@@ -157,6 +179,11 @@ def _start_embedded(args: dict, logging_level, node_config):
         raise
     _state["cluster"] = cluster
     return session
+
+
+def _import_client_side() -> None:
+    """What this process needs to connect, imported while the node agent starts."""
+    from . import session, task_submitter, actor_caller  # noqa: F401
 
 
 def _cluster_info(session) -> ClusterInfo:
@@ -196,8 +223,9 @@ def is_initialized() -> bool:
 def shutdown() -> None:
     """Disconnect; stop the embedded cluster if this process started it (nothing is left behind)."""
     with _lock:
-        session = session_module.current_session_or_none()
-        session_module.set_current_session(None)
+        session = _session_if_any()  # at exit of a process that never connected: imports nothing
+        if session is not None:
+            session_module.set_current_session(None)
         if session is not None and session.pid == os.getpid():
             session.close()
         cluster, _state["cluster"] = _state["cluster"], None

@@ -15,18 +15,21 @@ in the child's main, from its main thread.
 
 from __future__ import annotations
 
-import ctypes
-import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
-from typing import IO, Any, Callable, Iterable, Mapping, Sequence
 
-import psutil
+# psutil, ctypes and logging are imported where used, and typing not at all: a node agent
+# imports this module to start its first worker before it imports anything else.
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from typing import IO, Any, Callable, Iterable, Mapping, Sequence
 
-logger = logging.getLogger(__name__)
+    import psutil
+
+    StdStream = int | IO[Any] | None
 
 # Set by spawn_child in the child's environment; install_parent_watch compares it with getppid().
 PARENT_PID_ENV = "NEBULA_PARENT_PID"
@@ -41,7 +44,10 @@ PARENT_ALREADY_GONE_EXIT_CODE = 1
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
-StdStream = int | IO[Any] | None
+
+def _logger():
+    import logging
+    return logging.getLogger(__name__)
 
 
 # -------------------------------------------------------------------------------- parent side
@@ -83,7 +89,7 @@ def spawn_child(
         _add_note(exc, f"Nebula could not start its {name} process ({argv[0]!r}, cwd={cwd!r}); "
                        "check that the executable exists and the working directory is readable.")
         raise
-    logger.debug("started %s as pid %d: %s", name, popen.pid, argv)
+    _logger().debug("started %s as pid %d: %s", name, popen.pid, argv)
     return popen
 
 
@@ -116,12 +122,13 @@ def terminate_tree(popen: subprocess.Popen, timeout: float = 3.0) -> int | None:
     _close_lifeline(popen)
     _kill_all(descendants)
     if popen.returncode is None:
-        logger.warning("pid %d survived SIGKILL for %.1f s (stuck in the kernel?)", popen.pid, timeout)
+        _logger().warning("pid %d survived SIGKILL for %.1f s (stuck in the kernel?)", popen.pid, timeout)
     return popen.returncode
 
 
 def _descendants(popen: subprocess.Popen) -> list[psutil.Process]:
     """The child's descendants. The child is unreaped here, so its pid cannot have been reused."""
+    import psutil
     try:
         return psutil.Process(popen.pid).children(recursive=True)
     except psutil.Error:
@@ -145,6 +152,7 @@ def _close_lifeline(popen: subprocess.Popen) -> None:
 
 
 def _kill_all(processes: list[psutil.Process]) -> None:
+    import psutil
     for process in processes:
         try:
             process.kill()  # psutil refuses if the pid now belongs to another process
@@ -200,6 +208,7 @@ def set_parent_death_signal(signum: int) -> bool:
     """Ask Linux to send `signum` to this process when its parent thread exits; False if unsupported."""
     if not sys.platform.startswith("linux"):
         return False
+    import ctypes
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         status = libc.prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(int(signum)),
@@ -263,7 +272,7 @@ def _run_last_words(on_parent_exit: Callable[[], None] | None) -> None:
         if on_parent_exit is not None:
             on_parent_exit()
     except BaseException:
-        logger.exception("on_parent_exit hook failed")
+        _logger().exception("on_parent_exit hook failed")
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

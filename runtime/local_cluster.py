@@ -16,7 +16,7 @@ import time
 
 from .child_process import spawn_child, terminate_tree
 from .node_resources import NodeResources
-from .session_files import check_socket_room, new_session_dir, write_token_file
+from .session_files import check_socket_room, new_session_dir, prune_old_sessions, write_token_file
 from .store_arena import default_store_capacity, parse_memory_size
 
 log = logging.getLogger("nebula.cluster")
@@ -48,7 +48,7 @@ class LocalCluster:
             os.makedirs(os.path.join(node_dir, sub), mode=0o700, exist_ok=True)
         config = _node_config(node_dir, num_cpus, num_gpus, resources, object_store_memory, logging.INFO)
         config.update({"tcp_host": "127.0.0.1", "join": self.tcp_address})
-        popen = _spawner().spawn([sys.executable, "-m", "nebula.node_main"], _node_env(config, self.token), node_dir)
+        popen = _spawner().spawn(_node_argv(), _node_env(config, self.token), node_dir)
         popen.node_address = _wait_ready(popen, node_dir)[0]
         popen.node_dir = node_dir
         self.extra_nodes.append(popen)
@@ -104,22 +104,60 @@ def _load_or_busy(node_load, popen, token: bytes) -> float:
 def _node_env(config: dict, token: bytes) -> dict:
     env = {**os.environ, "NEBULA_NODE_CONFIG": json.dumps(config), "NEBULA_TOKEN": token.decode()}
     env.pop("NEBULA_TOKEN_FILE", None)
+    if _package_dir() is not None:  # for _NODE_BOOT
+        env.update({"NEBULA_BOOT_PATH": os.pathsep.join(p for p in sys.path if p), "NEBULA_BOOT_PACKAGE": _package_dir()})
     return env
+
+
+# The node agent's interpreter starts without `site` (-S): site-packages' .pth files cost every
+# interpreter tens of milliseconds at start-up, and the node agent runs none of the user's
+# code, so it needs none of their effects. It gets this process's sys.path instead (for
+# msgspec, psutil, ...), and the nebula package from the directory this process imported it
+# from (an editable install finds it through a .pth file's import hook, which -S skips).
+# Its workers and zygote start with `site` as usual: they run the user's code.
+_NODE_BOOT = (
+    "import os, sys; "
+    "sys.path.extend(p for p in os.environ.pop('NEBULA_BOOT_PATH').split(os.pathsep) if p not in sys.path); "
+    "import importlib.util as u; d = os.environ.pop('NEBULA_BOOT_PACKAGE'); "
+    "s = u.spec_from_file_location('nebula', os.path.join(d, '__init__.py'), submodule_search_locations=[d]); "
+    "sys.modules['nebula'] = m = u.module_from_spec(s); s.loader.exec_module(m); "
+    "from nebula.node_main import main; main()")
+
+
+def _package_dir() -> str | None:
+    """Where this process imported nebula from, if _NODE_BOOT can load it from there."""
+    directory = os.path.dirname(os.path.abspath(__file__))
+    return directory if os.path.isfile(os.path.join(directory, "__init__.py")) else None
+
+
+def _node_argv() -> list[str]:
+    if _package_dir() is None or sys.flags.no_site:
+        return [sys.executable, "-m", "nebula.node_main"]
+    return [sys.executable, "-S", "-c", _NODE_BOOT]
 
 
 def start_local_cluster(num_cpus=None, num_gpus=None, resources=None, object_store_memory=None,
                         logging_level=logging.INFO, extra_config: dict | None = None,
-                        num_nodes: int = 1, multi_node: bool = False) -> LocalCluster:
-    """Start a head node agent (and ``num_nodes - 1`` more joining it) on this machine."""
+                        num_nodes: int = 1, multi_node: bool = False, meanwhile=None) -> LocalCluster:
+    """Start a head node agent (and ``num_nodes - 1`` more joining it) on this machine.
+    ``meanwhile()`` runs while the head starts (then this waits for it to be ready)."""
     if not isinstance(num_nodes, int) or num_nodes < 1:
         raise ValueError(f"num_nodes must be a positive integer, got {num_nodes!r}")
-    session_dir = new_session_dir()
+    session_dir = new_session_dir(prune=False)  # old ones are pruned while the node agent starts
     token = write_token_file(os.path.join(session_dir, "token"))
-    config = _node_config(session_dir, num_cpus, num_gpus, resources, object_store_memory, logging_level)
+    config = _node_config(session_dir, num_cpus, num_gpus, resources, object_store_memory, logging_level,
+                          detect_in_node=True)
     if num_nodes > 1 or multi_node:
         config.update({"tcp_host": "127.0.0.1", "tcp_port": 0})
     config.update(extra_config or {})
-    popen = _spawner().spawn([sys.executable, "-m", "nebula.node_main"], _node_env(config, token), session_dir)
+    popen = _spawner().spawn(_node_argv(), _node_env(config, token), session_dir)
+    try:
+        prune_old_sessions()
+        if meanwhile is not None:
+            meanwhile()
+    except BaseException:
+        terminate_tree(popen)
+        raise
     address, tcp_address = _wait_ready(popen, session_dir)
     cluster = LocalCluster(popen, session_dir, address, token, tcp_address)
     try:
@@ -131,11 +169,30 @@ def start_local_cluster(num_cpus=None, num_gpus=None, resources=None, object_sto
     return cluster
 
 
-def _node_config(session_dir, num_cpus, num_gpus, resources, object_store_memory, logging_level) -> dict:
+def _node_config(session_dir, num_cpus, num_gpus, resources, object_store_memory, logging_level,
+                 detect_in_node: bool = False) -> dict:
+    """The node's config. ``detect_in_node``: what was not given (CPUs, GPUs, memory, store size)
+    is detected by the node agent (node_launch.detect_resources) while its first worker starts,
+    not here before it starts; the arguments are checked here all the same."""
+    config = {"session_dir": session_dir, "logging_level": logging_level, "prestart_env": _prestart_env()}
+    if detect_in_node:
+        config["detect"] = _checked_request(num_cpus, num_gpus, resources, object_store_memory)
+        return config
     total = NodeResources.detect(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources).total
     capacity = parse_memory_size(object_store_memory) if object_store_memory else default_store_capacity()
-    return {"session_dir": session_dir, "resources": total, "store_capacity": capacity,
-            "logging_level": logging_level, "prestart_env": _prestart_env()}
+    config.update({"resources": total, "store_capacity": capacity})
+    return config
+
+
+def _checked_request(num_cpus, num_gpus, resources, object_store_memory) -> dict:
+    """The resource arguments, checked (ValueError as NodeResources.detect raises it) and made
+    plain (JSON) values, detecting nothing."""
+    given = NodeResources.detect(num_cpus=0 if num_cpus is None else num_cpus,
+                                 num_gpus=0 if num_gpus is None else num_gpus, resources=resources, memory=0).total
+    return {"num_cpus": None if num_cpus is None else given["CPU"],
+            "num_gpus": None if num_gpus is None else given.get("GPU", 0),
+            "resources": {k: v for k, v in given.items() if k not in ("CPU", "GPU", "memory")} or None,
+            "store_capacity": parse_memory_size(object_store_memory) if object_store_memory else None}
 
 
 def _prestart_env() -> list:

@@ -23,13 +23,12 @@ import sys
 import threading
 import time
 
-import psutil
-
 from . import node_drain
+from . import node_launch
 from . import background
 from . import protocol as P
 from . import wire
-from .child_process import describe_exit, spawn_child
+from .child_process import describe_exit
 from .events import encode_events
 from .ids import new_id
 from .node_actors import ActorDirectory
@@ -37,13 +36,13 @@ from .node_objects import ObjectDirectory
 from .node_resources import thread_limit_env
 from .node_scheduler import LeaseQueue, LeaseRequest, ResourcePool
 from .store_arena import Arena
-from .telemetry import NodeTelemetry
 
 log = logging.getLogger("nebula.node")
 MEMORY_MONITOR_PERCENT = 95.0
 RELAY_CHUNK = 4 * 2**20
 ZYGOTE_DELAY = 1.0
 TELEMETRY_INTERVAL = 1.0
+TELEMETRY_START = 0.5  # s after start-up: psutil and NVML load then, not while the first worker starts
 
 
 class Client:
@@ -76,10 +75,14 @@ class NodeAgent:
     """See the module docstring."""
 
     def __init__(self, session_dir: str, token: bytes, resources: dict, store_capacity: int,
-                 address: str = "", config: dict | None = None):
+                 address: str = "", config: dict | None = None, listener: socket.socket | None = None,
+                 prestarted: list | None = None):
         self.session_dir, self.token, self.config = session_dir, token, dict(config or {})
         self.node_id = new_id(14)
-        self.address = address or f"unix:{os.path.join(session_dir, 'node.sock')}"
+        self.address = address or node_launch.node_address(session_dir)
+        self.listener = listener  # bound early by node_main (see node_launch.py), else in serve()
+        self.prestarted = list(prestarted or [])  # [(worker_id, popen)] node_main started before we existed
+        self.prestart_target = 0  # prestarted workers still to start once the first is up (_prestart_rest)
         self.pool = ResourcePool(resources)
         self.leases = LeaseQueue()
         self.arena = Arena.create(store_capacity, os.path.join(session_dir, "spill"))
@@ -93,7 +96,7 @@ class NodeAgent:
         self.job_counter = 0
         self.max_workers = int(self.config.get("max_workers", max(32, 8 * int(resources.get("CPU", 1)))))
         self.warned_worker_cap = False
-        self.telemetry = NodeTelemetry()
+        self.telemetry = None  # a NodeTelemetry, made by _telemetry() once the node is up
         self.stopping = False
         self.draining = False  # see node_drain.py
         self.cluster = None
@@ -106,28 +109,25 @@ class NodeAgent:
 
     async def serve(self) -> None:
         self.loop = asyncio.get_running_loop()
+        prestart = self.config.get("prestart_env")
+        self.prestart_target = node_launch.prestart_count(self.config, self.pool.total)
+        adopted, self.prestarted = self.prestarted, []
+        for worker_id, popen in adopted:  # known before we accept: they may register at once
+            self._add_worker(worker_id, popen, prestart[0], dedicated=False)
         self._listen()
         self.loop.call_later(ZYGOTE_DELAY, self.start_zygote)  # after the first workers, not competing
         if self.cluster is not None:
             self.cluster.listen()
             await self.cluster.start()
-        prestart = self.config.get("prestart_env")
-        if prestart:
-            env_key, env_bytes = prestart
-            for _ in range(int(self.config.get("prestart_workers", self.pool.total.get("CPU", 1)))):
-                self._start_worker(env_key, bytes.fromhex(env_bytes), dedicated=False)
+        if not adopted and self.prestart_target > 0:
+            self._start_worker(prestart[0], bytes.fromhex(prestart[1]), dedicated=False)
         background.start(self.loop, self._watch_workers())
         background.start(self.loop, self._telemetry_loop())
         self._ready = True
         await asyncio.Event().wait()
 
     def _listen(self) -> None:
-        path = self.address[5:]
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(path)
-        os.chmod(path, 0o600)
-        sock.listen(512)
-        self.listener = sock
+        sock = self.listener = self.listener or node_launch.bind_node_listener(self.address)
         threading.Thread(target=self._accept_loop, args=(sock,), name="nebula-accept", daemon=True).start()
 
     def _accept_loop(self, listener: socket.socket) -> None:
@@ -418,10 +418,13 @@ class NodeAgent:
 
     def _start_worker(self, env_key: str, runtime_env: bytes, dedicated: bool) -> WorkerProc:
         worker_id = new_id(8)
-        address = f"unix:{os.path.join(self.session_dir, f'w-{worker_id}.sock')}"
         env, cwd, python = self._worker_environment(worker_id, runtime_env)
-        log_path = os.path.join(self.session_dir, "logs", f"worker-{worker_id}.out")
+        log_path = node_launch.worker_log_path(self.session_dir, worker_id)
         popen = self._fork_or_spawn(worker_id, env, cwd, python, log_path)
+        return self._add_worker(worker_id, popen, env_key, dedicated)
+
+    def _add_worker(self, worker_id: str, popen, env_key: str, dedicated: bool) -> WorkerProc:
+        address = f"unix:{os.path.join(self.session_dir, f'w-{worker_id}.sock')}"
         worker = WorkerProc(worker_id, popen, env_key, address, dedicated)
         self.workers[worker_id] = worker
         self.starting[(env_key, dedicated)] += 1
@@ -435,12 +438,7 @@ class NodeAgent:
             zygote.collect_exits()
         if zygote is not None and zygote.ready and python == sys.executable and zygote.alive():
             return zygote.spawn(worker_id, env, cwd, log_path)
-        log_file = open(log_path, "ab")
-        try:
-            return spawn_child([python, "-m", "nebula.worker_main"], env=env, cwd=cwd,
-                               stdout=log_file, stderr=log_file, name="worker")
-        finally:
-            log_file.close()
+        return node_launch.spawn_worker_process(python, env, cwd, log_path)
 
     def start_zygote(self) -> None:
         if os.environ.get("NEBULA_NO_ZYGOTE") or not self.config.get("zygote", True):
@@ -451,22 +449,21 @@ class NodeAgent:
         self.zygote = Zygote(env)
 
     def _worker_environment(self, worker_id: str, runtime_env: bytes):
-        env = dict(os.environ)
-        user_env = pickle.loads(runtime_env) if runtime_env else {}
-        env.update(user_env.get("env_vars") or {})
-        env.update(thread_limit_env(1, env))
-        if self.cluster is not None:
-            env["NEBULA_TCP_HOST"] = self.cluster.tcp_host
-        env.update({"NEBULA_NODE_ADDRESS": self.address, "NEBULA_WORKER_ID": worker_id,
-                    "NEBULA_SESSION_DIR": self.session_dir, "NEBULA_TOKEN": self.token.decode(),
-                    "NEBULA_WORKER_ENV": runtime_env.hex()})
-        cwd = user_env.get("working_dir") or user_env.get("_cwd") or None
-        if cwd and not os.path.isdir(cwd):
-            cwd = None
-        extra_path = [p for p in [user_env.get("working_dir"), *user_env.get("_sys_path", [])] if p]
-        if extra_path:
-            env["PYTHONPATH"] = os.pathsep.join(extra_path + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        return env, cwd, user_env.get("_python") or sys.executable
+        tcp_host = self.cluster.tcp_host if self.cluster is not None else ""
+        return node_launch.worker_environment(worker_id, runtime_env, address=self.address,
+                                              session_dir=self.session_dir, token=self.token, tcp_host=tcp_host)
+
+    def _prestart_rest(self) -> None:
+        """The other prestarted workers start once the first is up (or gone): started together,
+        on a small machine, they would only delay the first, which the first task waits for.
+        Workers started meanwhile for waiting tasks count towards them."""
+        if not self.prestart_target or self.stopping or self.draining:
+            return
+        env_key, env_bytes = self.config["prestart_env"]
+        live = sum(1 for w in self.workers.values() if not w.dead and not w.dedicated and w.env_key == env_key)
+        missing, self.prestart_target = self.prestart_target - live, 0
+        for _ in range(missing):
+            self._start_worker(env_key, bytes.fromhex(env_bytes), dedicated=False)
 
     def _worker_ready(self, worker: WorkerProc) -> None:
         self.emit("worker", worker.worker_id, "IDLE", pid=worker.popen.pid)
@@ -474,6 +471,8 @@ class NodeAgent:
             self.actors.worker_ready(worker)
         else:
             self._schedule()
+        if self.prestart_target:
+            self.loop.call_soon(self._prestart_rest)  # after the lease just granted is on its way
 
     async def _watch_workers(self) -> None:
         while True:
@@ -498,9 +497,11 @@ class NodeAgent:
                 holder.conn.send(P.WorkerDied(worker.worker_id, description, worker.popen.returncode))
         if worker.actor_id:
             self.actors.worker_died(worker, description)
+        self._prestart_rest()
         self._schedule()
 
     def _memory_monitor(self) -> None:
+        import psutil
         memory = psutil.virtual_memory()
         sample = {"percent": memory.percent, "total": memory.total}
         if sample["percent"] < self.config.get("memory_monitor_percent", MEMORY_MONITOR_PERCENT):
@@ -509,7 +510,7 @@ class NodeAgent:
         if not leased:
             return
         victim = max(leased, key=lambda w: w.lease["granted_at"])
-        rss = self.telemetry.process_rss([victim.popen.pid]).get(victim.popen.pid, 0)
+        rss = self._telemetry().process_rss([victim.popen.pid]).get(victim.popen.pid, 0)
         reason = (f"killed by the memory monitor: node at {sample['percent']:.0f}% of "
                   f"{sample['total'] / 2**30:.1f} GiB; the task used {rss / 2**30:.1f} GiB. Give the task "
                   "less data, or more memory (memory= option) so fewer run at once")
@@ -716,11 +717,21 @@ class NodeAgent:
                 continue  # the head decides the cluster-wide feed, not us
             client.conn.send(P.FeedControl(bool(subscribers) or remote, others))
 
+    def _telemetry(self):
+        if self.telemetry is None:
+            from .telemetry import NodeTelemetry
+            self.telemetry = NodeTelemetry()
+        return self.telemetry
+
     async def _telemetry_loop(self) -> None:
+        await asyncio.sleep(TELEMETRY_START)
+        self._telemetry()  # CPU shares are measured from here to the first sample
+        delay = TELEMETRY_INTERVAL - TELEMETRY_START  # the first sample comes when it always did
         while True:
-            await asyncio.sleep(TELEMETRY_INTERVAL)
+            await asyncio.sleep(delay)
+            delay = TELEMETRY_INTERVAL
             if self.feed_on():
-                sample = self.telemetry.sample()
+                sample = self._telemetry().sample()
                 sample["store"] = self.objects.stats()
                 self.emit("node", self.node_id, "TELEMETRY", **sample)
 
@@ -732,6 +743,7 @@ class NodeAgent:
     # ---- shutdown ---------------------------------------------------------------------------
 
     def stop_workers(self) -> None:
+        self.stopping = True
         zygote = getattr(self, "zygote", None)
         if zygote is not None:
             zygote.stop()

@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Mapping, Sequence
 
-import psutil
+from .thread_limits import THREAD_LIMIT_VARS, thread_limit_env  # noqa: F401 - part of this module's API
 
 # Where cgroup file systems are mounted and where this process's cgroup membership is listed.
 # Module-level so tests (and unusual hosts) can point them elsewhere.
@@ -20,9 +21,6 @@ PROC_SELF_CGROUP = Path("/proc/self/cgroup")
 
 # Names that NodeResources.detect() fills in itself; custom resources may not use them.
 RESERVED_RESOURCE_NAMES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
-
-# Thread-pool sizes of OpenMP / OpenBLAS / MKL, capped so N workers don't each start N threads.
-THREAD_LIMIT_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 # ----------------------------------------------------------------------------------------- CPU
@@ -83,8 +81,30 @@ def _quota_ratio(quota: str, period: str) -> float | None:
 
 def detect_memory_limit(cgroup_root: Path | str | None = None) -> int:
     """Bytes of memory this process may use: total RAM, capped by any cgroup memory limit."""
-    total = psutil.virtual_memory().total
-    return min([total, *_cgroup_memory_limits(_cgroup_root(cgroup_root))])
+    return min([total_ram(), *_cgroup_memory_limits(_cgroup_root(cgroup_root))])
+
+
+def total_ram() -> int:
+    """psutil.virtual_memory().total (MemTotal)."""
+    total = meminfo_bytes(b"MemTotal")
+    if total is None:
+        import psutil
+        total = psutil.virtual_memory().total
+    return total
+
+
+def meminfo_bytes(field: bytes) -> int | None:
+    """A field of /proc/meminfo (b"MemTotal", b"MemAvailable") in bytes, as psutil reads it on
+    Linux, without importing psutil (a node agent sizes its memory while its first worker
+    starts); None where there is no such field."""
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(field + b":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _cgroup_memory_limits(root: Path) -> list[int]:
@@ -155,8 +175,14 @@ def _read_text(path: Path) -> str | None:
 # ----------------------------------------------------------------------------------------- GPU
 
 
+# Present wherever an NVIDIA driver can answer NVML (Linux, containers given GPUs, WSL2).
+NVIDIA_DRIVER_PATHS = ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/dxg")
+
+
 def init_nvml() -> ModuleType | None:
     """Import and initialise NVML; None, silently, when there is no usable NVIDIA driver."""
+    if "pynvml" not in sys.modules and not any(os.path.exists(p) for p in NVIDIA_DRIVER_PATHS):
+        return None  # no driver to talk to: importing pynvml (~10 ms) would only find that out
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the old `pynvml` wrapper warns on import
@@ -240,13 +266,7 @@ def gpu_env_for(gpu_ids: Sequence[int]) -> dict[str, str]:
 # ------------------------------------------------------------------------------------- threads
 
 
-def thread_limit_env(num_cpus: float, environ: Mapping[str, str]) -> dict[str, str]:
-    """OMP/OpenBLAS/MKL thread counts (= max(1, int(num_cpus))) for the variables `environ` lacks.
-
-    A variable the user already set (present in `environ`, whatever its value) is left alone.
-    """
-    threads = str(max(1, int(_checked_amount("num_cpus", num_cpus))))
-    return {name: threads for name in THREAD_LIMIT_VARS if name not in environ}
+# thread_limit_env and THREAD_LIMIT_VARS live in thread_limits.py (imported above).
 
 
 # ------------------------------------------------------------------------------ NodeResources

@@ -1,10 +1,8 @@
 """ObjectRef: a future for a value in the cluster; hashable, picklable, awaitable."""
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
-
-from .serialization import note_serialized_ref
+import sys
 
 
 class ObjectRef:
@@ -52,7 +50,9 @@ class ObjectRef:
         return f"ObjectRef({self._id})"
 
     def __reduce__(self):
-        note_serialized_ref(self)
+        serialization = sys.modules.get(_SERIALIZATION)  # not imported: no serialization under way
+        if serialization is not None:
+            serialization.note_serialized_ref(self)
         return _rebuild_ref, (self._id, self._owner)
 
     def future(self) -> concurrent.futures.Future:
@@ -60,7 +60,11 @@ class ObjectRef:
         return _current_session().value_future(self)
 
     def __await__(self):
+        import asyncio
         return asyncio.wrap_future(self.future()).__await__()
+
+
+_SERIALIZATION = __name__.rpartition(".")[0] + ".serialization"  # nebula.serialization, imported when used
 
 
 def _current_session():

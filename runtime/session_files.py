@@ -31,8 +31,10 @@ def user_root() -> str:
 KEEP_SESSIONS = 20
 
 
-def new_session_dir() -> str:
-    prune_old_sessions()
+def new_session_dir(prune: bool = True) -> str:
+    """A new session directory; ``prune=False``: the caller prunes old ones later (prune_old_sessions)."""
+    if prune:
+        prune_old_sessions()
     name = f"s-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(2)}"
     path = os.path.join(user_root(), name)
     check_socket_room(path)

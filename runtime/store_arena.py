@@ -12,8 +12,6 @@ import shutil
 import tempfile
 import warnings
 
-import psutil
-
 from .exceptions import ObjectStoreFullError
 
 MiB = 1 << 20
@@ -230,13 +228,19 @@ def default_store_capacity() -> int:
 
 def memory_limit() -> int:
     """Total memory this process may use: RAM, or the tightest cgroup limit if lower."""
+    from .node_resources import total_ram
     limits = [_cgroup_limit(directory) for directory in _cgroup_memory_dirs()]
-    return min([psutil.virtual_memory().total] + [limit for limit in limits if limit])
+    return min([total_ram()] + [limit for limit in limits if limit])
 
 
 def available_memory() -> int:
     """Memory that can be allocated now without swapping or hitting a cgroup limit."""
-    available = [psutil.virtual_memory().available]
+    from .node_resources import meminfo_bytes
+    free = meminfo_bytes(b"MemAvailable")  # psutil.virtual_memory().available
+    if free is None:
+        import psutil
+        free = psutil.virtual_memory().available
+    available = [free]
     for directory in _cgroup_memory_dirs():
         limit = _cgroup_limit(directory)
         if limit:
