@@ -4,13 +4,19 @@
     call   ─► channel queue (submission order) ─► ExecuteTask on the actor's link ─► TaskResult
     link lost ─► ask the node: RESTARTING → resend (max_task_retries) / DEAD → ActorDiedError
 
-Runs on the session's I/O thread, except ``create`` and ``submit``.
+Runs on the session's I/O thread, except ``create`` and ``submit``. A call with no ref
+arguments to an actor that is ALIVE and connected, with nothing queued ahead of it (no call,
+nor anything else this process posted to its I/O thread), is sent straight from the calling
+thread (no wake-up of the I/O thread); ``lock`` keeps that in step with the I/O thread, whose
+entry points here all hold it.
 """
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import pickle
+import threading
 
 from . import background
 from . import protocol as P
@@ -48,6 +54,16 @@ class ActorChannel:
         self.release_when_idle = False
         self.orphaned: list[ActorCall] = []  # in flight when the link broke; failed once we know why
         self.incarnation = -1
+        self.on_result = None  # the result handler of this channel's calls (set by ActorCaller)
+
+
+def _locked(method):
+    """An I/O-thread entry point: holds the caller's lock, so a direct send never interleaves."""
+    @functools.wraps(method)
+    def locked(self, *args):
+        with self.lock:
+            return method(self, *args)
+    return locked
 
 
 class ActorCaller:
@@ -58,6 +74,7 @@ class ActorCaller:
         self.channels: dict[str, ActorChannel] = {}
         self.create_replies: dict[str, object] = {}
         self.creation_args: dict[str, list] = {}
+        self.lock = threading.RLock()
 
     # ---- caller thread --------------------------------------------------------------------
 
@@ -99,8 +116,24 @@ class ActorCaller:
         spec = P.ExecuteTask(task_id, "", b"", data, return_ids, label, session.client_id, session.job_id,
                              method=method, actor_id=actor_id)
         session.remember_context(task_id)
-        session.post(self._submit, ActorCall(spec, deps, nested, retries))
+        call = ActorCall(spec, deps, nested, retries)
+        if not self._send_now(call):
+            session.post(self._submit, call)
         return refs
+
+    def _send_now(self, call: ActorCall) -> bool:
+        """Send a call from this thread if nothing can be ahead of it; False: post it instead."""
+        channel = self.channels.get(call.spec.actor_id)
+        with self.lock:
+            link = channel.link if channel is not None else None
+            if call.deps or link is None or channel.queue or channel.state != "ALIVE" \
+                    or channel.release_when_idle or link.conn is None or link.conn.closed \
+                    or self.session.events.enabled or not self.session.quiet():
+                return False  # posted: while it waits there, the session is not quiet()
+            channel.in_flight[call.spec.task_id] = call
+            self.session.tasks.result_handlers[call.spec.task_id] = channel.on_result
+            link.conn.send_threadsafe(call.spec)
+        return True
 
     # ---- I/O thread -----------------------------------------------------------------------
 
@@ -112,9 +145,12 @@ class ActorCaller:
     def _channel(self, actor_id: str) -> ActorChannel:
         channel = self.channels.get(actor_id)
         if channel is None:
-            channel = self.channels[actor_id] = ActorChannel(actor_id)
+            channel = ActorChannel(actor_id)
+            channel.on_result = functools.partial(self._on_result, channel)
+            self.channels[actor_id] = channel
         return channel
 
+    @_locked
     def _submit(self, call: ActorCall) -> None:
         channel = self._channel(call.spec.actor_id)
         events = self.session.events
@@ -132,6 +168,7 @@ class ActorCaller:
                 fut.add_done_callback(lambda _f: self.session.post(self._drain, channel))
         self._drain(channel)
 
+    @_locked
     def _drain(self, channel: ActorChannel) -> None:
         if channel.state != "ALIVE" or channel.link is None or channel.link.conn is None:
             self._ask_state(channel)
@@ -150,12 +187,13 @@ class ActorCaller:
             inline.append([dep.hex(), entry.inline if entry is not None and entry.inline else b""])
         call.spec.arg_refs = inline
         channel.in_flight[call.spec.task_id] = call
-        self.session.tasks.result_handlers[call.spec.task_id] = lambda m: self._on_result(channel, m)
+        self.session.tasks.result_handlers[call.spec.task_id] = channel.on_result
         channel.link.conn.send(call.spec)
         if self.session.events.enabled:
             self.session.events.add("task", call.spec.task_id, "RUNNING", {"name": call.spec.name,
                                                                            "actor": channel.actor_id})
 
+    @_locked
     def _on_result(self, channel: ActorChannel, msg: P.TaskResult) -> None:
         call = channel.in_flight.pop(msg.task_id, None)
         if call is not None:
@@ -184,6 +222,7 @@ class ActorCaller:
             channel.waiting_info = True
             self.session.node.send(P.WaitActor(next(self.session.request_ids), channel.actor_id))
 
+    @_locked
     def on_killed(self, actor_id: str) -> None:
         """This process called nebula.kill(): fail what is pending now; the actor never comes back."""
         channel = self._channel(actor_id)
@@ -192,6 +231,7 @@ class ActorCaller:
             self._fail_orphaned(channel, "DEAD", channel.reason)
         self._fail_all(channel)
 
+    @_locked
     def on_actor_info(self, msg: P.ActorInfo) -> None:
         channel = self._channel(msg.actor_id)
         if channel.state == "DEAD" and msg.state != "DEAD":
@@ -214,11 +254,15 @@ class ActorCaller:
     async def _await_link(self, channel: ActorChannel, link) -> None:
         try:
             await link.ready
+            failed = False
         except Exception:  # noqa: BLE001 - the actor died between ALIVE and connect
-            channel.state = "UNKNOWN"
-        if channel.orphaned and channel.state == "ALIVE":
-            self._fail_orphaned(channel, "ALIVE", "the connection to it was lost")
-        self._drain(channel)
+            failed = True
+        with self.lock:
+            if failed:
+                channel.state = "UNKNOWN"
+            if channel.orphaned and channel.state == "ALIVE":
+                self._fail_orphaned(channel, "ALIVE", "the connection to it was lost")
+            self._drain(channel)
 
     def _fail_orphaned(self, channel: ActorChannel, state: str, why: str) -> None:
         from .session import encode_system_error
@@ -237,6 +281,7 @@ class ActorCaller:
         for call in calls:
             self._fail_call(call, channel)
 
+    @_locked
     def on_link_lost(self, link) -> None:
         for channel in self.channels.values():
             if channel.link is link:
@@ -254,11 +299,13 @@ class ActorCaller:
                 channel.orphaned.append(call)
         self._ask_state(channel)
 
+    @_locked
     def on_worker_died(self, msg: P.WorkerDied) -> None:
         for channel in self.channels.values():
             if channel.state == "ALIVE" and channel.link is not None and msg.worker_id in channel.link.address:
                 channel.reason = msg.description
 
+    @_locked
     def cancel(self, task_id: str) -> None:
         """Drop a queued call, or ask the actor to interrupt a running one."""
         for channel in self.channels.values():
@@ -273,6 +320,7 @@ class ActorCaller:
                 channel.link.conn.send(P.CancelTask(task_id, False))
                 return
 
+    @_locked
     def handle_released(self, actor_id: str) -> None:
         """The last handle went away: the actor ends once the calls made through it are done."""
         channel = self.channels.get(actor_id)

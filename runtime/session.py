@@ -120,7 +120,7 @@ class Session:
         self.task_contexts: dict[str, object] = {}
         self.task_log: collections.deque = collections.deque(maxlen=100000)
         self.current_task = threading.local()
-        self.worker_inbox: queue.Queue = queue.Queue()
+        self.worker_inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.namespace = namespace
         self.inherited_env: dict = {}
         self.loop = asyncio.new_event_loop()
@@ -181,11 +181,19 @@ class Session:
         self._wakeup_pending = False
         inbox = self._inbox
         while inbox:
-            fn, args = inbox.popleft()
+            fn, args = inbox[0]  # taken off only once it ran: see quiet()
             try:
                 fn(*args)
             except Exception:  # one bad callback must not stop the I/O thread
                 log.exception("internal error in %s", getattr(fn, "__name__", fn))
+            finally:
+                inbox.popleft()
+
+    def quiet(self) -> bool:
+        """Everything posted to the I/O thread so far has run, and all it sent the node has left
+        this process: a message another thread now writes straight to a socket cannot overtake
+        any of it (e.g. a result reaching its owner before the node learns the result is stored)."""
+        return not self._inbox and self.node.idle()
 
     def request(self, make_msg) -> concurrent.futures.Future:
         """Send ``make_msg(request_id)`` to the node; the future gets the reply."""
@@ -280,8 +288,21 @@ class Session:
             self.post(self._send_node, P.AddRefs([object_id]))
 
     def remove_local_ref(self, object_id: str) -> None:
-        if not self.closed:
-            self.post(self._release_ref, object_id)
+        if self.closed:
+            return
+        with self.lock:
+            count = self.refs.get(object_id, 0)
+            if count > 1:
+                self.refs[object_id] = count - 1
+                return
+            entry = self.owned.get(object_id)
+            if count == 1 and entry is not None and entry.ready.done() and not entry.in_store \
+                    and not entry.escaped and (entry.task_id or not self.events.enabled):
+                # an inline value nobody else knows of: forget it here, no need to wake the I/O thread
+                del self.refs[object_id]
+                del self.owned[object_id]
+                return
+        self.post(self._release_ref, object_id)
 
     def _release_ref(self, object_id: str) -> None:
         with self.lock:

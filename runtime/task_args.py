@@ -6,7 +6,7 @@ the store once (``put``) and travels as a ref, so pipes never carry big payloads
 from __future__ import annotations
 
 from .object_ref import ObjectRef
-from .serialization import INLINE_ARG_LIMIT, find_unpicklable, serialize
+from .serialization import INLINE_ARG_LIMIT, deserialize, find_unpicklable, serialize
 
 
 class RefArg:
@@ -75,8 +75,9 @@ def _short_repr(value) -> str:
 
 def unpack_args(data: bytes, values: dict):
     """Rebuild (args, kwargs), replacing each RefArg with ``values[object_id]``."""
-    from .serialization import deserialize
     args, kwargs = deserialize(data)
+    if not values:  # no top-level ref arguments, so no RefArg to replace
+        return args, kwargs
     args = tuple(values[a.object_id] if isinstance(a, RefArg) else a for a in args)
     kwargs = {k: values[v.object_id] if isinstance(v, RefArg) else v for k, v in kwargs.items()}
     return args, kwargs

@@ -18,6 +18,7 @@ import os
 import socket
 import struct
 import sys
+import threading
 import types
 import typing
 
@@ -198,69 +199,200 @@ def open_socket(address: str) -> socket.socket:
 
 # ---- the message pump -----------------------------------------------------------------------
 
+class _FrameProtocol(asyncio.StreamReaderProtocol):
+    """Hands what arrives straight to its Connection, inside the transport's read callback: no
+    stream buffer and no reader task to wake per message. Write flow control (``drain()``) is
+    StreamReaderProtocol's, unchanged."""
+
+    def __init__(self, reader: asyncio.StreamReader, loop):
+        super().__init__(reader, loop=loop)
+        self.conn: Connection | None = None
+        self.early: list[bytes] = []  # arrived before the Connection was made
+        self.ended = False
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn is None:
+            self.early.append(data)
+        else:
+            self.conn._received(data)
+
+    def eof_received(self) -> bool:
+        self.ended = True
+        if self.conn is not None:
+            self.conn._ended()
+        return False  # close the transport
+
+    def connection_lost(self, exc) -> None:
+        super().connection_lost(exc)
+        self.ended = True
+        if self.conn is not None:
+            self.conn._ended()
+
+
 class Connection:
-    """One authenticated peer on an asyncio loop: ``send`` batches, ``run`` dispatches."""
+    """One authenticated peer on an asyncio loop: ``send`` batches, ``run`` dispatches.
+
+    ``send_threadsafe`` lets other threads write too: straight onto the socket when nothing is
+    queued or buffered ahead (no wake-up of the loop thread), else queued behind the rest. One
+    lock orders every write; the transport itself is only ever touched on the loop thread."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, name: str):
         self.reader, self.writer, self.name = reader, writer, name
         self._pending: list[bytes] = []
         self._flush_scheduled = False
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None  # set by adopt(): the socket for direct writes
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
         self.peer_info: dict = {}
+        self._handle: typing.Callable[[P.Msg], None] | None = None
+        self._rbuf = bytearray()  # received bytes not yet dispatched (a partial frame, or before run())
+        self._need = 4  # bytes _rbuf must hold before a frame can be complete
+        self._done: asyncio.Future | None = None  # set when reading ends (EOF, loss, close)
 
     @classmethod
     async def adopt(cls, sock: socket.socket, name: str) -> "Connection":
         sock.setblocking(False)
-        # Large limits: object chunks (4 MiB) must not stall the stream in pause/resume cycles.
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
+        protocol = _FrameProtocol(reader, loop)
         if sock.family == socket.AF_UNIX:
-            reader, writer = await asyncio.open_unix_connection(sock=sock, limit=STREAM_LIMIT)
+            transport, _ = await loop.create_unix_connection(lambda: protocol, sock=sock)
         else:
-            reader, writer = await asyncio.open_connection(sock=sock, limit=STREAM_LIMIT)
-        writer.transport.set_write_buffer_limits(high=STREAM_LIMIT)
-        return cls(reader, writer, name)
+            transport, _ = await loop.create_connection(lambda: protocol, sock=sock)
+        # Large limits: object chunks (4 MiB) must not stall the stream in pause/resume cycles.
+        transport.set_write_buffer_limits(high=STREAM_LIMIT)
+        conn = cls(reader, asyncio.StreamWriter(transport, protocol, reader, loop), name)
+        conn._sock, conn._loop, conn._done = sock, loop, loop.create_future()
+        protocol.conn = conn
+        for data in protocol.early:
+            conn._received(data)
+        protocol.early.clear()
+        if protocol.ended:
+            conn._ended()
+        return conn
 
     def send(self, msg: P.Msg) -> None:
-        """Queue a message; everything queued in this loop tick goes out in one write."""
+        """Queue a message; everything queued in this loop tick goes out in one write (loop thread)."""
         if self.closed:
             return
-        self._pending.append(encode_frame(msg))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        frame = encode_frame(msg)
+        with self._lock:
+            self._pending.append(frame)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+
+    def send_threadsafe(self, msg: P.Msg) -> None:
+        """Send from any thread, in order with every other send on this connection.
+
+        When nothing is queued here or buffered in the transport, the frame goes straight onto
+        the (non-blocking) socket from this thread; whatever does not fit is queued for the loop.
+        The transport buffers only what our own ``_flush`` (under the lock) could not write, so an
+        empty buffer seen under the lock stays empty until we release it."""
+        frame = encode_frame(msg)
+        with self._lock:
+            if self.closed:
+                return
+            transport = self.writer.transport
+            if not self._pending and self._sock is not None and not transport.get_write_buffer_size() \
+                    and not transport.is_closing():
+                try:
+                    sent = self._sock.send(frame)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError:
+                    return  # the link is broken: its reader sees that and reports the loss
+                if sent == len(frame):
+                    return
+                frame = frame[sent:]
+            self._pending.append(frame)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                try:
+                    self._loop.call_soon_threadsafe(self._flush)
+                except RuntimeError:
+                    pass  # loop closed: the process is shutting down
+
+    def idle(self) -> bool:
+        """Nothing queued here or in the transport's buffer: all sent so far is in the kernel."""
+        return not self._pending and not self.writer.transport.get_write_buffer_size()
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
-        if self.closed or not self._pending:
-            return
-        data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
-        self._pending.clear()
-        try:
-            self.writer.write(data)
-        except (ConnectionError, RuntimeError):
-            self.closed = True
+        with self._lock:
+            self._flush_scheduled = False
+            if self.closed or not self._pending:
+                return
+            data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
+            self._pending.clear()
+            try:
+                self.writer.write(data)
+            except (ConnectionError, RuntimeError):
+                self.closed = True
 
     async def run(self, handle: typing.Callable[[P.Msg], None]) -> None:
-        """Read frames until EOF or a protocol error; hand each message to ``handle``."""
+        """Hand each message to ``handle`` as it arrives, until EOF, a protocol error or close.
+
+        Messages are decoded and handled inside the transport's read callback, in order."""
+        self._handle = handle
         try:
-            while True:
-                header = await self.reader.readexactly(4)
-                (length,) = _LEN.unpack(header)
-                if length > FRAME_LIMIT:
-                    raise ProtocolError(f"frame of {length} bytes exceeds the limit")
-                handle(decode_message(await self.reader.readexactly(length)))
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        except ProtocolError as exc:
-            log.warning("closing connection %s: %s", self.name, exc)
-        except Exception:  # a handler bug must cost this connection, not the process
-            log.exception("closing connection %s after an internal error", self.name)
+            if self._rbuf and not self.closed:
+                self._received(b"")  # what arrived before run()
+            await self._done
         finally:
             self.close()
+
+    def _received(self, data: bytes) -> None:
+        """Bytes arrived (loop thread): dispatch every whole frame, keep the rest."""
+        if self.closed:
+            return  # never hand on what arrives after close (e.g. a stale reply)
+        rbuf = self._rbuf
+        if rbuf or self._handle is None:
+            rbuf += data
+            if len(rbuf) < self._need or self._handle is None:
+                return
+            data = rbuf
+        view = memoryview(data)
+        pos, end, need = 0, len(data), 4
+        try:
+            while end - pos >= 4:
+                (length,) = _LEN.unpack_from(view, pos)
+                if length > FRAME_LIMIT:
+                    raise ProtocolError(f"frame of {length} bytes exceeds the limit")
+                stop = pos + 4 + length
+                if stop > end:
+                    need = 4 + length
+                    break
+                msg = decode_message(view[pos + 4:stop])
+                pos = stop
+                self._handle(msg)
+                if self.closed:
+                    return
+        except ProtocolError as exc:
+            log.warning("closing connection %s: %s", self.name, exc)
+            self.close()
+            return
+        except Exception:  # a handler bug must cost this connection, not the process
+            log.exception("closing connection %s after an internal error", self.name)
+            self.close()
+            return
+        finally:
+            view.release()
+        if data is rbuf:
+            del rbuf[:pos]
+        elif pos < end:
+            rbuf += data[pos:]
+        self._need = need
+
+    def _ended(self) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
 
     def close(self) -> None:
         if not self.closed:
             self._flush()
         self.closed = True
+        self._ended()
         try:
             self.writer.close()
         except RuntimeError:

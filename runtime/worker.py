@@ -44,7 +44,7 @@ class Worker:
     def __init__(self, session: Session, worker_id: str, address: str, capture: OutputCapture):
         self.session, self.worker_id, self.address, self.capture = session, worker_id, address, capture
         self.functions: dict[str, object] = {}
-        self.inbox: queue.Queue = session.worker_inbox
+        self.inbox: queue.SimpleQueue = session.worker_inbox
         self.current: P.ExecuteTask | None = None
         self.cancelled: set[str] = set()
         self.children: dict[str, list] = {}  # running task id -> ids of the tasks it submitted
@@ -146,8 +146,8 @@ class Worker:
 
     def _begin_output(self, spec: P.ExecuteTask, conn: wire.Connection) -> None:
         prefix = f"{spec.name} pid={os.getpid()} node={self.node_short}"
-        self.capture.begin(OutputTarget(spec.task_id, prefix, lambda stream, lines: self.session.post(
-            conn.send, P.OutputLines(spec.task_id, prefix, stream, lines))))
+        self.capture.begin(OutputTarget(spec.task_id, prefix, lambda stream, lines: conn.send_threadsafe(
+            P.OutputLines(spec.task_id, prefix, stream, lines))))
 
     def _leave_task(self) -> None:
         local = self.session.current_task
@@ -158,7 +158,10 @@ class Worker:
         local.task_id = None
 
     def _reply(self, conn: wire.Connection, result: P.TaskResult) -> None:
-        self.session.post(conn.send, result)
+        if self.session.quiet():
+            conn.send_threadsafe(result)  # from this thread, behind this call's output lines
+        else:  # behind what the call still has queued for the node (e.g. sealing a stored result)
+            self.session.post(conn.send, result)
         if getattr(self, "exiting", False):  # after the reply, so the caller learns why it ends
             self.session.send_node(P.KillActor(self.actor_id, True))
 

@@ -62,6 +62,34 @@ def test_calls_from_one_caller_run_in_submission_order(cluster):
     assert nebula.get(log.items_.remote(), timeout=30) == list(range(200))
 
 
+def test_calls_stay_behind_an_earlier_call_that_waits_for_its_ref_argument(cluster):
+    """Calls without ref arguments go straight from the calling thread; they must still queue
+    behind earlier calls whose arguments are not ready yet."""
+    @nebula.remote
+    def slowly(value):
+        time.sleep(0.5)
+        return value
+
+    @nebula.remote
+    class Log:
+        def __init__(self):
+            self.items = []
+
+        def append(self, item):
+            self.items.append(item)
+
+        def items_(self):
+            return self.items
+
+    log = Log.remote()
+    assert nebula.get(log.items_.remote(), timeout=30) == []  # alive and linked: the direct path is open
+    log.append.remote(0)
+    log.append.remote(slowly.remote(1))
+    for i in range(2, 50):
+        log.append.remote(i)
+    assert nebula.get(log.items_.remote(), timeout=30) == list(range(50))
+
+
 def test_actor_method_arguments_can_be_refs(cluster):
     counter = Counter.remote()
     pending = [nebula.put(3), Counter.remote(5).get.remote()]
