@@ -189,9 +189,6 @@ class ActorCaller:
         channel.in_flight[call.spec.task_id] = call
         self.session.tasks.result_handlers[call.spec.task_id] = channel.on_result
         channel.link.conn.send(call.spec)
-        if self.session.events.enabled:
-            self.session.events.add("task", call.spec.task_id, "RUNNING", {"name": call.spec.name,
-                                                                           "actor": channel.actor_id})
 
     @_locked
     def _on_result(self, channel: ActorChannel, msg: P.TaskResult) -> None:
@@ -205,7 +202,9 @@ class ActorCaller:
         self.session.tasks.result_handlers.pop(call.spec.task_id, None)
         self.session.complete_returns(call.spec.return_ids, msg)
         state = "FAILED" if msg.error else "FINISHED"
-        self.session.events.task_ended(call.spec.task_id, state, call.spec.name, msg.start, msg.end, msg.error)
+        if not msg.reported:  # the actor's worker reports the calls it ran; the caller what ended otherwise
+            self.session.events.task_ended(call.spec.task_id, state, call.spec.name, msg.start, msg.end,
+                                           msg.error)
         self.session.task_finished(call.spec.task_id, call.spec.name, state, msg.start, msg.end,
                                    (self.session.node_id, 0))
 

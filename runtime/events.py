@@ -5,6 +5,12 @@ Each process records state transitions (tasks, objects, workers, actors, nodes) 
 tuple and one append, and nothing at all while nobody subscribes. The node agent tells every
 client when someone subscribes (``FeedControl``); only then are batches shipped to it, every
 ``FLUSH_INTERVAL`` seconds, and fanned out to subscribers as ``EventBatch``es.
+
+Each event is recorded where it happens: a task's owner records its submission (and its
+wait for a worker once its arguments are ready), the worker running it records the run
+(RUNNING only if still running at the next flush, then FINISHED/FAILED with start and end),
+and the owner records the ends no worker reported (a crash, a cancellation). So the driver,
+usually the busiest process, records one event per task.
 """
 from __future__ import annotations
 
@@ -36,6 +42,7 @@ class EventRecorder:
         self.ship = False  # another process subscribes: send our events to the node
         self._flush_scheduled = False
         self.subscribers: list = []
+        self.flush_hooks: list = []  # called on the I/O thread before each flush
         self._deliveries: queue.Queue = queue.Queue()
         self._delivery_thread: threading.Thread | None = None
 
@@ -43,11 +50,16 @@ class EventRecorder:
         if self.enabled:
             self.add(kind, object_id, state, fields)
 
-    def add(self, kind: str, object_id: str, state: str, fields: dict) -> None:
-        """Record one event; hot paths call this directly, behind their own ``enabled`` check, so
-        nothing is computed for the feed while nobody subscribes. A plain tuple is the cheapest
-        record to keep; the delivery thread makes ``Event``s of it."""
-        self.ring.append((kind, object_id, state, time.time(), fields))
+    def add(self, kind: str, object_id: str, state: str, fields: dict, at: float | None = None) -> None:
+        """Record one event (``at``: when it happened, if not now); hot paths call this directly,
+        behind their own ``enabled`` check, so nothing is computed for the feed while nobody
+        subscribes. A plain tuple is the cheapest record to keep; the delivery thread makes
+        ``Event``s of it."""
+        self.ring.append((kind, object_id, state, time.time() if at is None else at, fields))
+        self.flush_soon()
+
+    def flush_soon(self) -> None:
+        """Make sure a flush comes within ``FLUSH_INTERVAL`` (it runs the ``flush_hooks`` too)."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.session.post(self._schedule_flush)
@@ -72,6 +84,8 @@ class EventRecorder:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        for hook in self.flush_hooks:  # events decided only now (what is still running, say)
+            hook()
         if self.ring:
             batch = list(self.ring)
             self.ring.clear()

@@ -166,7 +166,7 @@ class TaskSubmitter:
         preferred = self._preferred_node(task)
         if preferred and task.strategy[0] == "DEFAULT":
             task.key = task.key[:3] + (preferred,)
-        self._enqueue(task)
+        self._enqueue(task, announce=bool(task.deps))
 
     def _preferred_node(self, task: PendingTask) -> str:
         """The node holding the largest stored argument: run there so the data does not move."""
@@ -186,11 +186,13 @@ class TaskSubmitter:
 
     # ---- queues and leases ----------------------------------------------------------------
 
-    def _enqueue(self, task: PendingTask) -> None:
+    def _enqueue(self, task: PendingTask, announce: bool = True) -> None:
+        """Queue ``task`` for a worker. Unless told not to (a task without arguments to wait
+        for, whose SUBMITTED says as much), the feed hears that it now waits for one."""
         queue = self.queues.setdefault(task.key, collections.deque())
         queue.append(task)
         self._pump(task.key)
-        if task.lease is None and self.session.events.enabled:  # it waits for a worker
+        if announce and task.lease is None and self.session.events.enabled:
             self.session.events.add("task", task.spec.task_id, "PENDING_NODE", {"name": task.name})
 
     def _depth(self, task: PendingTask) -> int:
@@ -308,9 +310,6 @@ class TaskSubmitter:
         task.lease = lease
         self.result_handlers[task.spec.task_id] = self._on_task_result
         link.conn.send(spec)
-        if self.session.events.enabled:
-            self.session.events.add("task", task.spec.task_id, "RUNNING", {
-                "name": task.name, "node": lease.node_id, "worker": lease.worker_id, "pid": lease.pid})
 
     def _on_task_result(self, msg: P.TaskResult) -> None:
         task = self.tasks.get(msg.task_id)
@@ -350,7 +349,8 @@ class TaskSubmitter:
         if not msg.error:
             self._remember_lineage(task, msg.returns)
         state = "FAILED" if msg.error else "FINISHED"
-        self.session.events.task_ended(msg.task_id, state, task.name, msg.start, msg.end, msg.error)
+        if not msg.reported:  # the worker reports the runs it finished; the owner what ended otherwise
+            self.session.events.task_ended(msg.task_id, state, task.name, msg.start, msg.end, msg.error)
         self.session.task_finished(msg.task_id, task.name, state, msg.start, msg.end, task.where)
 
     # ---- lineage: rebuilding objects lost with a node --------------------------------------

@@ -24,6 +24,7 @@ import time
 from . import background
 from . import protocol as P
 from . import wire
+from .events import error_summary
 from .exceptions import ActorDiedError, TaskCancelledError, capture_task_error
 from .object_ref import ObjectRef
 from .output_capture import OutputCapture, OutputTarget
@@ -43,6 +44,8 @@ class Worker:
 
     def __init__(self, session: Session, worker_id: str, address: str, capture: OutputCapture):
         self.session, self.worker_id, self.address, self.capture = session, worker_id, address, capture
+        self.unreported: dict[str, tuple] = {}  # task id -> (spec, start): running, not yet in the feed
+        session.events.flush_hooks.append(self._report_running)
         self.functions: dict[str, object] = {}
         self.inbox: queue.SimpleQueue = session.worker_inbox
         self.current: P.ExecuteTask | None = None
@@ -133,7 +136,7 @@ class Worker:
         finally:
             self._leave_task()
             self.current = None
-        self._reply(conn, result)
+        self._reply(conn, result, spec)
 
     def _enter_task(self, spec: P.ExecuteTask, conn: wire.Connection) -> None:
         local = self.session.current_task
@@ -143,6 +146,7 @@ class Worker:
         if spec.gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in spec.gpu_ids)
         self._begin_output(spec, conn)
+        self._report_start(spec)
 
     def _begin_output(self, spec: P.ExecuteTask, conn: wire.Connection) -> None:
         prefix = f"{spec.name} pid={os.getpid()} node={self.node_short}"
@@ -157,7 +161,44 @@ class Worker:
             self.session.confirm_borrows()
         local.task_id = None
 
-    def _reply(self, conn: wire.Connection, result: P.TaskResult) -> None:
+    # ---- the state feed: a task's run is reported where it runs ---------------------------------
+
+    def _where(self, spec: P.ExecuteTask) -> dict:
+        fields = {"name": spec.name, "owner": spec.owner, "node": self.session.node_id, "worker": self.worker_id,
+                  "pid": os.getpid()}
+        if spec.actor_id:
+            fields["actor"] = spec.actor_id
+        return fields
+
+    def _report_start(self, spec: P.ExecuteTask) -> None:
+        """A run is reported RUNNING only if it still runs at the next flush: a short task's
+        end event carries its start, so it costs one event rather than two."""
+        events = self.session.events
+        if events.enabled:
+            self.unreported[spec.task_id] = (spec, time.time())
+            events.flush_soon()
+
+    def _report_running(self) -> None:
+        """The flush hook (I/O thread): what started since the last flush and still runs."""
+        for task_id in list(self.unreported):
+            started = self.unreported.pop(task_id, None)
+            if started is not None:
+                self.session.events.add("task", task_id, "RUNNING", self._where(started[0]), at=started[1])
+
+    def _report_end(self, spec: P.ExecuteTask, result: P.TaskResult) -> None:
+        events = self.session.events
+        self.unreported.pop(spec.task_id, None)
+        if events.enabled:
+            fields = self._where(spec)
+            fields.update(start=result.start, end=result.end)
+            if result.error:
+                fields["error"] = error_summary(result.error)
+            events.add("task", spec.task_id, "FAILED" if result.error else "FINISHED", fields)
+            result.reported = True
+
+    def _reply(self, conn: wire.Connection, result: P.TaskResult, spec: P.ExecuteTask | None = None) -> None:
+        if spec is not None:
+            self._report_end(spec, result)
         if self.session.quiet():
             conn.send_threadsafe(result)  # from this thread, behind this call's output lines
         else:  # behind what the call still has queued for the node (e.g. sealing a stored result)
@@ -268,7 +309,7 @@ class Worker:
             result = self._run(spec, time.time())
         finally:
             self._leave_task()
-        self._reply(conn, result)
+        self._reply(conn, result, spec)
 
     async def _run_async(self, conn: wire.Connection, spec: P.ExecuteTask) -> None:
         if self.actor_semaphore is None:
@@ -278,6 +319,7 @@ class Worker:
             local = self.session.current_task  # the loop thread's context (no task id: calls interleave)
             local.actor_id, local.job_id = self.actor_id, spec.job_id
             self._begin_output(spec, conn)
+            self._report_start(spec)
             try:
                 method = self._resolve_call(spec)
                 args, kwargs = unpack_args(spec.args, await asyncio.to_thread(self._fetch_args, spec))
@@ -291,7 +333,7 @@ class Worker:
             except BaseException as exc:  # noqa: BLE001
                 result = self._error_result(spec, exc, start)
             await asyncio.to_thread(self.capture.end, spec.task_id)
-        self._reply(conn, result)
+        self._reply(conn, result, spec)
 
     def _exit_actor(self, spec: P.ExecuteTask, start: float) -> P.TaskResult:
         self.exiting = True

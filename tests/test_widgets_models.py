@@ -133,7 +133,7 @@ def test_task_graph_streams_new_tasks_and_their_dependency_edges():
     [update] = feed(model, browser, [submitted("a"), submitted("b", deps=[ret("a")])])
     assert update.stream["tasks"]["key"] == ["a", "b"]
     assert update.stream["tasks"]["x"] == [0, 1] and update.stream["tasks"]["y"] == [0, 0]
-    assert update.stream["tasks"]["state"] == [PENDING, PENDING]
+    assert update.stream["tasks"]["state"] == [WAITING, PENDING]  # "a" has no arguments to wait for
     assert update.stream["edges"] == {"x0": [0], "y0": [0], "x1": [1], "y1": [0]}
     assert not update.patch
 
@@ -155,8 +155,9 @@ def test_task_graph_patches_state_changes_with_node_worker_duration_and_error():
 
 def test_task_graph_names_cancelled_tasks_and_waiting_ones():
     model = TaskGraphModel()
-    model.apply([submitted("a"), ev("task", "a", "PENDING_NODE", name="f"), submitted("b")])
-    assert model.columns()["tasks"]["state"] == [WAITING, PENDING]
+    model.apply([submitted("a", deps=[ret("x")]), ev("task", "a", "PENDING_NODE", name="f"),
+                 submitted("b", deps=[ret("x")]), submitted("c")])
+    assert model.columns()["tasks"]["state"] == [WAITING, PENDING, WAITING]  # c has no arguments to wait for
     model.apply([finished("a", state="FAILED", error="TaskCancelledError: Task a was cancelled")])
     assert model.columns()["tasks"]["state"][0] == CANCELLED
 
@@ -220,13 +221,14 @@ def test_task_graph_groups_by_function_past_the_cap_and_keeps_only_live_tasks():
     groups = update.replace["tasks"]
     assert groups["key"] == ["load", "train"] and groups["kind"] == ["function", "function"]
     assert (groups["x"], groups["y"]) == ([0, 1], [0, 0])
-    assert groups["counts"][0] == "2 pending · 1 finished" and groups["state"] == [PENDING, PENDING]
+    assert groups["counts"][0] == "2 waiting for resources · 1 finished"  # no arguments to wait for
+    assert groups["state"] == [WAITING, PENDING]
     assert groups["duration"][0] == "mean 2.00 s"
     assert update.replace["edges"] == {"x0": [0], "y0": [0], "x1": [1], "y1": [0]}
     assert set(model.tasks) == {"f1", "f2", "g0", "g1", "g2"}      # finished ones are forgotten
     [update] = feed(model, browser, [running("f1", name="load")])
     assert update.patch["tasks"]["state"] == [(0, RUNNING)]
-    assert update.patch["tasks"]["counts"] == [(0, "1 pending · 1 running · 1 finished")]
+    assert update.patch["tasks"]["counts"] == [(0, "1 waiting for resources · 1 running · 1 finished")]
     [update] = feed(model, browser, [submitted("h0", name="report", deps=[ret("g0")])])
     assert update.stream["tasks"]["key"] == ["report"] and update.stream["tasks"]["x"] == [2]
 

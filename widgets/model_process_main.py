@@ -35,6 +35,7 @@ from .models.view_models import ViewModels
 
 log = logging.getLogger("nebula.widgets")
 PR_SET_PDEATHSIG = 1
+NICENESS = 10
 REPLAY_LIMIT = 50_000  # task events kept to rebuild the views when the "this notebook only" switch flips
 
 
@@ -108,6 +109,7 @@ def main() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() == 1:
         return  # the kernel died before the signal was set up
+    os.nice(NICENESS)  # a background observer: the kernel and the workers go first
     conn = multiprocessing.connection.Connection(int(sys.argv[1]))
     try:
         kind, config = conn.recv()

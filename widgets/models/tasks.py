@@ -25,7 +25,10 @@ FUNCTION_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c5
 
 
 def view_state(event) -> str | None:
-    """The state a task event puts its task in, as the views name it (None: not a state change)."""
+    """The state a task event puts its task in, as the views name it (None: not a state change).
+    A task submitted without ObjectRef arguments has none to wait for: it waits for resources."""
+    if event.state == "SUBMITTED" and not event.get("deps"):
+        return WAITING
     state = FEED_STATES.get(event.state)
     if state == FAILED and "TaskCancelledError" in (event.get("error") or ""):
         return CANCELLED

@@ -1,0 +1,114 @@
+"""The state feed's task events on a real cluster: who reports what, and what each carries.
+
+The owner reports a task's submission (and a wait for a worker once its arguments are
+ready); the worker reports the run: RUNNING only for a run still going at its next flush,
+then FINISHED or FAILED with the run's start, end and place. What ends without a worker's
+report (a crash, a cancellation) the owner reports.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+import nebula
+from nebula.exceptions import WorkerCrashedError
+from polling import wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@nebula.remote
+def quick(x):
+    return x
+
+
+@nebula.remote
+def slow(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+@nebula.remote(max_retries=0)
+def crash():
+    os._exit(3)
+
+
+class Recorder:
+    def __init__(self, **options):
+        self.events, self.lock = [], threading.Lock()
+        self.subscription = nebula.state.subscribe(self._take, **options)
+
+    def _take(self, batch):
+        with self.lock:
+            self.events.extend(batch)
+
+    def of(self, task_id: str) -> list:
+        with self.lock:
+            return [e for e in self.events if e.kind == "task" and e.id == task_id]
+
+    def wait_for(self, task_id: str, state: str) -> list:
+        assert wait_until(lambda: any(e.state == state for e in self.of(task_id)), 10), self.of(task_id)
+        return self.of(task_id)
+
+
+def test_a_short_task_is_reported_by_its_owner_and_its_worker(cluster):
+    recorder = Recorder()
+    try:
+        ref = quick.remote(nebula.put(7))
+        assert nebula.get(ref) == 7
+        events = recorder.wait_for(ref.task_id(), "FINISHED")
+        me, node = nebula.get_runtime_context().get_worker_id(), nebula.get_runtime_context().get_node_id()
+        [submitted] = [e for e in events if e.state == "SUBMITTED"]
+        assert submitted.get("owner") == me and len(submitted.get("deps")) == 1
+        [done] = [e for e in events if e.state == "FINISHED"]
+        assert done.get("node") == node and done.get("worker") and done.get("pid") != os.getpid()
+        assert done.get("owner") == me and done.get("start") <= done.get("end") <= time.time()
+        states = [e.state for e in events]  # PENDING_NODE too, unless a worker was leased already
+        assert states[0] == "SUBMITTED" and states[-1] == "FINISHED" and "RUNNING" not in states  # over before a flush
+    finally:
+        recorder.subscription.close()
+
+
+def test_a_long_task_is_reported_running_with_its_start(cluster):
+    recorder = Recorder()
+    try:
+        ref = slow.remote(0.6)
+        running = recorder.wait_for(ref.task_id(), "RUNNING")
+        [event] = [e for e in running if e.state == "RUNNING"]
+        assert event.get("pid") and event.get("node")
+        nebula.get(ref)
+        [done] = [e for e in recorder.wait_for(ref.task_id(), "FINISHED") if e.state == "FINISHED"]
+        assert event.time == pytest.approx(done.get("start"), abs=0.05)
+    finally:
+        recorder.subscription.close()
+
+
+def test_a_run_that_ends_without_its_worker_is_reported_by_the_owner(cluster):
+    recorder = Recorder()
+    try:
+        ref = crash.remote()
+        with pytest.raises(WorkerCrashedError):
+            nebula.get(ref)
+        [failed] = [e for e in recorder.wait_for(ref.task_id(), "FAILED") if e.state == "FAILED"]
+        assert "WorkerCrashedError" in failed.get("error")
+    finally:
+        recorder.subscription.close()
+
+
+def test_a_coalescing_subscriber_gets_one_event_per_task_per_batch(cluster):
+    recorder = Recorder(kinds=["task"], coalesce=True)
+    try:
+        refs = [quick.remote(i) for i in range(200)]
+        nebula.get(refs)
+        for ref in refs:
+            recorder.wait_for(ref.task_id(), "FINISHED")
+        with recorder.lock:
+            assert {e.kind for e in recorder.events} == {"task"}
+        finished = [e for ref in refs for e in recorder.of(ref.task_id()) if e.state == "FINISHED"]
+        assert len(finished) == 200  # one end each, whatever else was folded into it
+        assert all(e.get("start") and e.get("end") for e in finished)
+    finally:
+        recorder.subscription.close()
