@@ -1,11 +1,15 @@
 """Cluster information in Ray's shapes: nodes(), resources, GPU ids, the runtime context."""
 from __future__ import annotations
 
+import contextvars
 import os
 import pickle
 
 from . import protocol as P
 from .session import current_session
+
+# The task id of the async actor call an asyncio task runs (set by the worker for each call).
+ASYNC_CALL_TASK_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("nebula_async_call", default=None)
 
 
 def state_snapshot(session=None) -> dict:
@@ -61,7 +65,9 @@ class RuntimeContext:
         return getattr(self._session.current_task, "job_id", None) or self._session.job_id
 
     def get_task_id(self) -> str | None:
-        return getattr(self._session.current_task, "task_id", None)
+        """The running task's id; in an async actor method, that call's (calls interleave on
+        one thread there, so each asyncio task carries its own)."""
+        return ASYNC_CALL_TASK_ID.get() or getattr(self._session.current_task, "task_id", None)
 
     def get_actor_id(self) -> str | None:
         return getattr(self._session.current_task, "actor_id", None) or None

@@ -24,6 +24,7 @@ import time
 from . import background
 from . import protocol as P
 from . import wire
+from .cluster_info import ASYNC_CALL_TASK_ID
 from .events import error_summary
 from .exceptions import ActorDiedError, TaskCancelledError, capture_task_error
 from .object_ref import ObjectRef
@@ -45,6 +46,7 @@ class Worker:
     def __init__(self, session: Session, worker_id: str, address: str, capture: OutputCapture):
         self.session, self.worker_id, self.address, self.capture = session, worker_id, address, capture
         self.unreported: dict[str, tuple] = {}  # task id -> (spec, start): running, not yet in the feed
+        self.async_calls: dict[str, asyncio.Task] = {}  # an async actor's calls in progress
         session.events.flush_hooks.append(self._report_running)
         self.functions: dict[str, object] = {}
         self.inbox: queue.SimpleQueue = session.worker_inbox
@@ -96,6 +98,10 @@ class Worker:
 
     def _cancel(self, msg: P.CancelTask) -> None:
         self.cancelled.add(msg.task_id)
+        call = self.async_calls.get(msg.task_id)
+        if call is not None and not msg.force:  # an async actor's call: cancel its asyncio task
+            self.actor_loop.call_soon_threadsafe(call.cancel)
+            return
         current = self.current
         if current is None or current.task_id != msg.task_id:
             return
@@ -314,10 +320,22 @@ class Worker:
     async def _run_async(self, conn: wire.Connection, spec: P.ExecuteTask) -> None:
         if self.actor_semaphore is None:
             self.actor_semaphore = asyncio.Semaphore(self.actor_limit)
+        self.async_calls[spec.task_id] = asyncio.current_task()
+        try:
+            await self._run_async_call(conn, spec)
+        except asyncio.CancelledError:  # cancelled while it waited for its turn (max_concurrency)
+            now = time.time()
+            self._reply(conn, P.TaskResult(spec.task_id, error=encode_system_error(TaskCancelledError(spec.task_id)),
+                                           start=now, end=now), spec)
+        finally:
+            self.async_calls.pop(spec.task_id, None)
+
+    async def _run_async_call(self, conn: wire.Connection, spec: P.ExecuteTask) -> None:
         async with self.actor_semaphore:
             start = time.time()
-            local = self.session.current_task  # the loop thread's context (no task id: calls interleave)
+            local = self.session.current_task  # the loop thread's: shared by the calls interleaving here
             local.actor_id, local.job_id = self.actor_id, spec.job_id
+            ASYNC_CALL_TASK_ID.set(spec.task_id)  # this asyncio task's own (get_task_id reads it)
             self._begin_output(spec, conn)
             self._report_start(spec)
             try:
@@ -330,6 +348,9 @@ class Worker:
                 result = P.TaskResult(spec.task_id, returns, start=start, end=time.time())
             except ExitActor:
                 result = self._exit_actor(spec, start)
+            except asyncio.CancelledError:  # nebula.cancel() of this call
+                result = P.TaskResult(spec.task_id, error=encode_system_error(TaskCancelledError(spec.task_id)),
+                                      start=start, end=time.time())
             except BaseException as exc:  # noqa: BLE001
                 result = self._error_result(spec, exc, start)
             await asyncio.to_thread(self.capture.end, spec.task_id)

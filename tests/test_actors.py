@@ -9,7 +9,7 @@ import time
 import pytest
 
 import nebula
-from nebula.exceptions import ActorDiedError, TaskError
+from nebula.exceptions import ActorDiedError, TaskCancelledError, TaskError
 
 from driver_process import joining_env, run_driver
 
@@ -405,8 +405,7 @@ def test_runtime_context_inside_actor_methods(cluster, kind):
     (a1, t1, j1), (a2, _t2, _j2), (b1, _tb, _jb) = nebula.get(refs, timeout=30)
     assert a1 is not None and a1 == a2 and b1 is not None and a1 != b1
     assert j1 == cluster["job_id"]
-    if kind != "async":  # async calls interleave on one thread: no per-call task id there
-        assert t1 == refs[0].task_id()
+    assert t1 == refs[0].task_id()  # async calls interleave on one thread, yet each knows its own
 
 
 def test_many_callers_share_one_actor_without_dropped_links(cluster):
@@ -456,3 +455,26 @@ def test_a_restarted_actor_knows_it_was_reconstructed(cluster):
             assert time.monotonic() < deadline
             time.sleep(0.1)
     assert pid != first_pid and reconstructed is True
+
+
+@nebula.remote
+class _Sleeper:
+    async def sleep(self, seconds):
+        await asyncio.sleep(seconds)
+        return seconds
+
+    async def ping(self):
+        return "pong"
+
+
+def test_cancel_interrupts_a_running_async_actor_call_and_keeps_the_actor(cluster):
+    sleeper = _Sleeper.options(max_concurrency=1).remote()
+    assert nebula.get(sleeper.ping.remote(), timeout=30) == "pong"
+    running, waiting = sleeper.sleep.remote(30), sleeper.sleep.remote(30)  # the second waits for its turn
+    time.sleep(0.3)
+    nebula.cancel(waiting)
+    nebula.cancel(running)
+    for ref in (running, waiting):
+        with pytest.raises(TaskCancelledError):
+            nebula.get(ref, timeout=10)
+    assert nebula.get(sleeper.ping.remote(), timeout=10) == "pong"
