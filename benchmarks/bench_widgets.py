@@ -1,4 +1,5 @@
-"""The dashboard's kernel side under load: synthetic state events at 1,000 tasks/s; prints figures, asserts nothing.
+"""The dashboard's views under load (models and Bokeh in one process, as the page has them): synthetic state
+events at 1,000 tasks/s; prints figures, asserts nothing.
 
     producer thread ──(batches every 0.1 s, like the state feed)──► ClusterFeed
     DocumentThread ──every 0.2 s──► Board.tick: all four views (both filters), Bokeh sources,
