@@ -563,7 +563,7 @@ class NodeAgent:
         if rec.state == "PENDING":
             rec.waiters.append((client.client_id, msg.request_id, msg.pin))
             if self.cluster is not None and rec.offset < 0:
-                self.cluster.locate(msg.object_id)
+                self.cluster.locate(msg.object_id, msg.node_hint)
             return
         self._answer(rec, client, msg.request_id, msg.pin)
 

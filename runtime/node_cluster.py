@@ -48,6 +48,7 @@ class ClusterLinks:
         self.pulls: dict[int, dict] = {}
         self.wanted: set[str] = set()  # objects local readers wait for that live elsewhere
         self.lost: dict[str, str] = {}  # object id -> the dead node that held its only copy
+        self.unheard: dict[str, str] = {}  # object id -> the node said to hold it, not yet reported
         self.ids = itertools.count(1)
         self.incarnation = os.urandom(4).hex()
         self.actor_homes: dict[str, str] = {}
@@ -201,6 +202,9 @@ class ClusterLinks:
                 if not locs:
                     del self.locations[object_id]
                     self.lost[object_id] = node_id
+        for object_id in [o for o, hint in self.unheard.items() if hint == node_id]:
+            del self.unheard[object_id]  # its sealing node died before the head heard of it
+            self.lost[object_id] = node_id
         self._fail_lost_where_waiters()
         self._fail_lost_local_reads()
 
@@ -390,6 +394,7 @@ class ClusterLinks:
 
     def _located(self, object_id: str, node_id: str) -> None:
         self.lost.pop(object_id, None)
+        self.unheard.pop(object_id, None)
         self.locations.setdefault(object_id, set()).add(node_id)
         for peer, request_id in self.where_waiters.pop(object_id, []):
             peer.conn.send(P.ObjectAt(request_id, object_id, node_id))
@@ -401,13 +406,16 @@ class ClusterLinks:
         locs = [n for n in self.locations.get(msg.object_id, ()) if self.view.get(n) and self.view[n].alive]
         if locs:
             peer.conn.send(P.ObjectAt(msg.request_id, msg.object_id, locs[0]))
-        elif msg.object_id in self.lost:
+            return
+        self._note_unheard(msg.object_id, msg.node_hint)
+        if msg.object_id in self.lost:
             peer.conn.send(P.ObjectAt(msg.request_id, msg.object_id, error=self._lost_text(msg.object_id)))
         else:
             self.where_waiters.setdefault(msg.object_id, []).append((peer, msg.request_id))
 
-    def locate(self, object_id: str) -> None:
-        """A local reader wants an object this node does not hold: find it and pull it."""
+    def locate(self, object_id: str, node_hint: str = "") -> None:
+        """A local reader wants an object this node does not hold: find it and pull it.
+        ``node_hint``: the node its owner was told sealed it (the head may not have heard yet)."""
         if object_id in self.wanted:
             return
         self.wanted.add(object_id)
@@ -415,10 +423,24 @@ class ClusterLinks:
             locs = [n for n in self.locations.get(object_id, ()) if n != self.node.node_id]
             if locs:
                 self.start_pull(object_id, locs[0])
-            elif object_id in self.lost:
+                return
+            self._note_unheard(object_id, node_hint)
+            if object_id in self.lost:
                 self._pull_failed(object_id, self._lost_text(object_id))
         elif getattr(self, "head_link", None) is not None:
-            self.head_link.conn.send(P.WhereIs(0, object_id))
+            self.head_link.conn.send(P.WhereIs(0, object_id, node_hint))
+
+    def _note_unheard(self, object_id: str, node_hint: str) -> None:
+        """An object the head has no location for, said to be on ``node_hint``: that node's
+        report may still be on its way, unless the node is dead (then it never comes: lost),
+        or dies before it arrives (``_node_dead`` fails the readers)."""
+        if not node_hint or object_id in self.lost or object_id in self.locations:
+            return
+        info = self.view.get(node_hint)
+        if info is not None and not info.alive:
+            self.lost[object_id] = node_hint
+        else:
+            self.unheard[object_id] = node_hint
 
     def on_object_at(self, peer, msg: P.ObjectAt) -> None:
         if msg.error:

@@ -226,6 +226,7 @@ class GetObject(Msg):
     request_id: int
     object_id: str
     pin: bool = True
+    node_hint: str = ""  # the owner's word on which node sealed it (if that node dies unheard: lost)
 
 
 class ObjectLocation(Msg):
@@ -379,6 +380,7 @@ class ObjectsFreed(Msg):
 class WhereIs(Msg):
     request_id: int
     object_id: str
+    node_hint: str = ""
 
 
 class ObjectAt(Msg):

@@ -461,7 +461,7 @@ class Session:
         if entry.error is not None:
             out.set_result(("error", entry.error))
         elif entry.in_store:
-            self._locate(object_id, pin=True).add_done_callback(
+            self._locate(object_id, pin=True, node_hint=entry.node).add_done_callback(
                 lambda f: self._located_or_rebuilt(object_id, entry, f, out))
         else:
             out.set_result(("inline", entry.inline))
@@ -479,9 +479,10 @@ class Session:
         self.tasks.rebuild(object_id)
         entry.ready.add_done_callback(lambda _f: self._source_from_entry(object_id, entry, out))
 
-    def _locate(self, object_id: str, pin: bool) -> concurrent.futures.Future:
+    def _locate(self, object_id: str, pin: bool, node_hint: str = "") -> concurrent.futures.Future:
+        """Ask the node where ``object_id`` is (``node_hint``: where this owner heard it was sealed)."""
         out: concurrent.futures.Future = concurrent.futures.Future()
-        fut = self.request(lambda rid: P.GetObject(rid, object_id, pin))  # unmapped store: pin = send bytes
+        fut = self.request(lambda rid: P.GetObject(rid, object_id, pin, node_hint))  # unmapped store: pin = send bytes
         fut.add_done_callback(lambda f: _location_to_source(f, out))
         return out
 

@@ -383,7 +383,7 @@ class TaskSubmitter:
         if not stored:
             self._resubmit(task)
         for dep in stored:
-            probe = self.session._locate(dep, pin=False)
+            probe = self.session._locate(dep, pin=False, node_hint=self.session.owned[dep].node)
             probe.add_done_callback(lambda f, d=dep: self.session.post(self._probed, task, d, f, remaining))
 
     def _stored(self, object_id: str) -> bool:
