@@ -14,7 +14,7 @@ import json
 import types
 
 from .session import current_session
-from .state_events import Event, to_records  # noqa: F401 - Event is part of this module's API
+from .state_events import Event  # noqa: F401 - Event is part of this module's API
 
 EVENT_KINDS = ("task", "object", "worker", "actor", "node")
 

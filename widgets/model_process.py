@@ -7,7 +7,6 @@ waits for it, so no process outlives its board.
 """
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import os
 import subprocess
@@ -15,7 +14,6 @@ import sys
 
 from nebula import api
 
-log = logging.getLogger("nebula.widgets")
 EXIT_WAIT = 2.0
 
 

@@ -1,4 +1,4 @@
-"""The process that runs a notebook board's view models, off the kernel: ``python -m nebula.widgets.model_process_main FD``.
+"""A notebook board's view models in a process of their own: ``python -m nebula.widgets.model_process_main FD``.
 
     kernel (ModelProcess)                      this process
       ("start", {keys, owner, period}) ──────► joins the cluster (NEBULA_ADDRESS/NEBULA_TOKEN
@@ -33,7 +33,6 @@ from nebula.state import Event
 from .feed import ClusterFeed, seed_events
 from .models.view_models import ViewModels
 
-log = logging.getLogger("nebula.widgets")
 PR_SET_PDEATHSIG = 1
 NICENESS = 10
 REPLAY_LIMIT = 50_000  # task events kept to rebuild the views when the "this notebook only" switch flips
