@@ -76,8 +76,8 @@ class RuntimeContext:
         return self._session.client_id
 
     def get_assigned_resources(self) -> dict:
-        raise NotImplementedError("Nebula does not report per-task assigned resources yet "
-                                  "(get_runtime_context().get_assigned_resources())")
+        """What the running task (or this actor) was granted, e.g. ``{"CPU": 1.0}``; {} outside one."""
+        return dict(getattr(self._session.current_task, "resources", None) or {})
 
     @property
     def namespace(self) -> str:

@@ -279,6 +279,7 @@ class BecomeActor(Msg):
     spec: bytes
     max_concurrency: int
     incarnation: int
+    resources: dict = {}  # what the actor holds while alive (get_assigned_resources)
 
 
 class ActorReady(Msg):
@@ -303,6 +304,7 @@ class ExecuteTask(Msg):
     actor_id: str = ""
     retriable: bool = False
     gpu_ids: list = []
+    resources: dict = {}  # what the task was granted (get_assigned_resources)
 
 
 class TaskReturn(Msg):

@@ -111,6 +111,7 @@ class TaskSubmitter:
         spec = P.ExecuteTask(task_id, function_id, b"", data, return_ids, name, session.client_id,
                              job_id, retriable=retriable)
         shape, strategy = self._shape_and_strategy(options)
+        spec.resources = shape
         env, env_key = session.worker_env(options.runtime_env)
         key = (tuple(sorted(shape.items())), env_key, strategy, "")
         task = PendingTask(spec, key, deps, nested, options, shape, strategy)

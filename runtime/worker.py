@@ -47,6 +47,7 @@ class Worker:
         self.session, self.worker_id, self.address, self.capture = session, worker_id, address, capture
         self.unreported: dict[str, tuple] = {}  # task id -> (spec, start): running, not yet in the feed
         self.async_calls: dict[str, asyncio.Task] = {}  # an async actor's calls in progress
+        self.actor_resources: dict = {}  # what the actor this worker hosts holds while alive
         session.events.flush_hooks.append(self._report_running)
         self.functions: dict[str, object] = {}
         self.inbox: queue.SimpleQueue = session.worker_inbox
@@ -149,6 +150,7 @@ class Worker:
         local.task_id, local.borrowed, local.children = spec.task_id, [], []
         self.children[spec.task_id] = local.children
         local.gpu_ids, local.actor_id, local.job_id = list(spec.gpu_ids), self.actor_id, spec.job_id
+        local.resources = self.actor_resources if spec.actor_id else spec.resources
         if spec.gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in spec.gpu_ids)
         self._begin_output(spec, conn)
@@ -279,6 +281,7 @@ class Worker:
 
     def _become_actor(self, msg: P.BecomeActor) -> None:
         self.actor_id = msg.actor_id
+        self.actor_resources = self.session.current_task.resources = dict(msg.resources)
         self.session.actor_incarnation = msg.incarnation
         self.session.current_task.actor_id = msg.actor_id
         try:
@@ -334,7 +337,7 @@ class Worker:
         async with self.actor_semaphore:
             start = time.time()
             local = self.session.current_task  # the loop thread's: shared by the calls interleaving here
-            local.actor_id, local.job_id = self.actor_id, spec.job_id
+            local.actor_id, local.job_id, local.resources = self.actor_id, spec.job_id, self.actor_resources
             ASYNC_CALL_TASK_ID.set(spec.task_id)  # this asyncio task's own (get_task_id reads it)
             self._begin_output(spec, conn)
             self._report_start(spec)

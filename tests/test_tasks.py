@@ -290,6 +290,23 @@ def test_runtime_context_ids(cluster):
     assert actor_id is None
 
 
+def test_assigned_resources_are_what_the_task_or_actor_was_granted(cluster):
+    assert nebula.get_runtime_context().get_assigned_resources() == {}  # the driver holds none
+
+    @nebula.remote
+    def granted():
+        return nebula.get_runtime_context().get_assigned_resources()
+
+    @nebula.remote(num_cpus=0.5)
+    class Holder:
+        def granted(self):
+            return nebula.get_runtime_context().get_assigned_resources()
+
+    assert nebula.get(granted.remote()) == {"CPU": 1.0}
+    assert nebula.get(granted.options(num_cpus=2).remote()) == {"CPU": 2.0}
+    assert nebula.get(Holder.remote().granted.remote()) == {"CPU": 0.5}
+
+
 # ---- ObjectRef ---------------------------------------------------------------------------
 
 def test_object_ref_is_hashable_and_comparable(cluster):
