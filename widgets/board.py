@@ -49,11 +49,12 @@ class Board:
         """Apply what the feed delivered since the last tick (on the document's own thread or loop)."""
         primed, self._primed = self._primed, None
         start_over, events = primed or self.feed.poll()
-        with self._held():
-            if start_over:
+        if start_over:
+            with self._held():  # its own document change: see ``_held``
                 for view in self.views:
                     view.reset(self.feed.client_id)
                     view.show_mine(self.switch.active)
+        with self._held():
             now = time.time() if now is None else now
             for view in self.views:
                 self._apply(view, events, now)
@@ -97,7 +98,10 @@ class Board:
 
     @contextlib.contextmanager
     def _held(self):
-        """One combined document change per tick, however many sources it touches."""
+        """One combined document change, however many sources it touches. A held change that
+        replaces a source's data must not also stream into it: the replacement is serialized
+        when the hold ends, with the rows streamed meanwhile already in it, and the stream is
+        sent too, so the browser would hold those rows twice."""
         document = self.layout.document
         if document is None:
             yield

@@ -47,9 +47,10 @@ class OffloadedBoard(Board):
 
     def tick(self, now: float | None = None) -> None:
         self._follow_connection()
-        with self._held():
-            for message in self.process.messages() if self.process is not None else ():
+        for message in self.process.messages() if self.process is not None else ():
+            with self._held():  # one document change per message: see ``Board._held``
                 self._take(*message)
+        with self._held():
             self._check_alive()
             self._show_status()
 
