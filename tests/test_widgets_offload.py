@@ -126,3 +126,43 @@ def test_the_model_process_ends_with_a_killed_kernel():
         driver.kill()
         driver.wait()
     assert wait_until(lambda: not psutil.pid_exists(pid), 10), "the model process outlived its kernel"
+
+
+class _QueuedMessages:
+    """Stands in for the model process: what it sent, all arriving within one tick."""
+
+    exit_status = None
+
+    def __init__(self, messages):
+        self._messages = messages
+
+    def messages(self):
+        out, self._messages = self._messages, []
+        return out
+
+
+def test_a_replace_and_a_stream_in_one_tick_reach_the_browser_once():
+    """Bokeh serializes a held data replacement when the hold ends, rows streamed meanwhile
+    included, and sends the stream too: the board must not combine the two in one change."""
+    from bokeh.document import Document
+    from bokeh.protocol import Protocol
+    from nebula.widgets.models.update import Update
+    from nebula.widgets.offloaded_board import OffloadedBoard
+    from nebula.widgets.views import NodeResourcesView
+    board = OffloadedBoard([NodeResourcesView()], 0.1)
+    document = Document()
+    document.add_root(board.layout)
+    sent = []
+    document.on_change(lambda event: sent.append(Protocol().create("PATCH-DOC", [event]).content["events"][0]))
+    row = {"key": ["n1:0"], "node": ["n1"], "core": [0], "percent": [5.0], "text": ["5%"]}
+    columns = {"cores": {k: list(v) for k, v in row.items()}, "gauges": {}}
+    more = Update(stream={"cores": {"key": ["n1:1"], "node": ["n1"], "core": [1], "percent": [7.0], "text": ["7%"]}})
+    board.process = _QueuedMessages([("replace", [(columns, {})]), ("updates", [more], 0)])
+    board.tick()
+    browser: list = []
+    for event in sent:
+        if event.get("kind") == "ColumnDataChanged" and event["model"]["id"] == board.views[0].sources["cores"].id:
+            browser = list(dict(event["data"]["entries"])["key"])
+        elif event.get("kind") == "ColumnsStreamed" and event["model"]["id"] == board.views[0].sources["cores"].id:
+            browser += list(dict(event["data"]["entries"])["key"])
+    assert browser == ["n1:0", "n1:1"] == list(board.views[0].sources["cores"].data["key"])
