@@ -140,12 +140,16 @@ class _QueuedMessages:
         out, self._messages = self._messages, []
         return out
 
+    def close(self):
+        pass
+
 
 def test_a_replace_and_a_stream_in_one_tick_reach_the_browser_once():
     """Bokeh serializes a held data replacement when the hold ends, rows streamed meanwhile
     included, and sends the stream too: the board must not combine the two in one change."""
     from bokeh.document import Document
     from bokeh.protocol import Protocol
+    from nebula.widgets.feed import current_client_id
     from nebula.widgets.models.update import Update
     from nebula.widgets.offloaded_board import OffloadedBoard
     from nebula.widgets.views import NodeResourcesView
@@ -158,6 +162,7 @@ def test_a_replace_and_a_stream_in_one_tick_reach_the_browser_once():
     columns = {"cores": {k: list(v) for k, v in row.items()}, "gauges": {}}
     more = Update(stream={"cores": {"key": ["n1:1"], "node": ["n1"], "core": [1], "percent": [7.0], "text": ["7%"]}})
     board.process = _QueuedMessages([("replace", [(columns, {})]), ("updates", [more], 0)])
+    board.client_id = current_client_id()  # whether or not this process is connected: no restart
     board.tick()
     browser: list = []
     for event in sent:
