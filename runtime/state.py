@@ -92,8 +92,8 @@ def subscribe(callback, kinds=None, coalesce: bool = False) -> Subscription:
     """Call ``callback(list[Event])`` with batches of events of ``kinds`` (all kinds if None).
 
     ``coalesce=True`` folds each batch's events of one task into one: its last state and time,
-    with the fields of all of them (a live view draws only the latest state anyway, and takes a
-    fifth of the events at high task rates)."""
+    with the fields of all of them (a live view draws only the latest state anyway, and takes
+    fewer events at high task rates)."""
     if not callable(callback):
         raise TypeError("subscribe() needs a callable taking a list of Event")
     bad = sorted(set(kinds or ()) - set(EVENT_KINDS))

@@ -44,18 +44,19 @@ def test_counter_keeps_state(cluster):
     assert nebula.get(counter.get.remote()) == 16
 
 
+@nebula.remote
+class Log:
+    def __init__(self):
+        self.items = []
+
+    def append(self, item):
+        self.items.append(item)
+
+    def items_(self):
+        return self.items
+
+
 def test_calls_from_one_caller_run_in_submission_order(cluster):
-    @nebula.remote
-    class Log:
-        def __init__(self):
-            self.items = []
-
-        def append(self, item):
-            self.items.append(item)
-
-        def items_(self):
-            return self.items
-
     log = Log.remote()
     for i in range(200):
         log.append.remote(i)
@@ -69,17 +70,6 @@ def test_calls_stay_behind_an_earlier_call_that_waits_for_its_ref_argument(clust
     def slowly(value):
         time.sleep(0.5)
         return value
-
-    @nebula.remote
-    class Log:
-        def __init__(self):
-            self.items = []
-
-        def append(self, item):
-            self.items.append(item)
-
-        def items_(self):
-            return self.items
 
     log = Log.remote()
     assert nebula.get(log.items_.remote(), timeout=30) == []  # alive and linked: the direct path is open
