@@ -76,7 +76,7 @@ class NodeAgent:
 
     def __init__(self, session_dir: str, token: bytes, resources: dict, store_capacity: int,
                  address: str = "", config: dict | None = None, listener: socket.socket | None = None,
-                 prestarted: list | None = None):
+                 prestarted: list | None = None, huge_pages=None):
         self.session_dir, self.token, self.config = session_dir, token, dict(config or {})
         self.node_id = new_id(14)
         self.address = address or node_launch.node_address(session_dir)
@@ -85,7 +85,8 @@ class NodeAgent:
         self.prestart_target = 0  # prestarted workers still to start once the first is up (_prestart_rest)
         self.pool = ResourcePool(resources)
         self.leases = LeaseQueue()
-        self.arena = Arena.create(store_capacity, os.path.join(session_dir, "spill"))
+        self.arena = Arena.create(store_capacity, os.path.join(session_dir, "spill"), huge_pages)
+        _log_store_backing(self.arena, huge_pages)
         self.objects = ObjectDirectory(store_capacity, self.arena.view(),
                                        os.path.join(session_dir, "spill", "objects"), self.emit)
         self.actors = ActorDirectory(self)
@@ -767,3 +768,11 @@ def _likely_cause(returncode: int | None) -> str:
     if returncode is not None and returncode > 0:
         return " (the process called exit() or an uncaught error ended it; see its log in the session's logs/ directory)"
     return ""
+
+
+def _log_store_backing(arena: Arena, huge_pages) -> None:
+    """Say in the node's log what holds the object store, and why huge pages are not used."""
+    if huge_pages is not None and huge_pages.reason:
+        log.info("object store: %s of %s; no huge pages: %s", arena.capacity, arena.backing, huge_pages.reason)
+    else:
+        log.info("object store: %s bytes of %s", arena.capacity, arena.backing)

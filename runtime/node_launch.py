@@ -34,6 +34,15 @@ def detect_resources(config: dict) -> None:
         config["store_capacity"] = wanted["store_capacity"] or default_store_capacity()
 
 
+def start_huge_page_file(config: dict):
+    """Start making the store's huge-page file (store_hugepages.py) while the node imports
+    itself; None where NEBULA_HUGE_PAGES=0 turned that off."""
+    from .store_hugepages import HugePageFile, huge_pages_wanted
+    if not huge_pages_wanted():
+        return None
+    return HugePageFile(config["store_capacity"], config["session_dir"])
+
+
 def node_address(session_dir: str) -> str:
     return f"unix:{os.path.join(session_dir, 'node.sock')}"
 

@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 
-from .node_launch import detect_resources, start_early_workers
+from .node_launch import detect_resources, start_early_workers, start_huge_page_file
 
 
 def main() -> None:
@@ -20,13 +20,14 @@ def main() -> None:
     # First the socket and the first worker (node_launch.py), then our own imports while it starts.
     listener, prestarted = start_early_workers(config, token)
     detect_resources(config)
+    huge_pages = start_huge_page_file(config)
     import logging
     from .child_process import install_parent_watch
     from .log_files import configure_process_logging
     from .node import NodeAgent
     configure_process_logging(session_dir, "node", config.get("logging_level", logging.INFO))
     agent = NodeAgent(session_dir, token, config["resources"], config["store_capacity"], config=config,
-                      listener=listener, prestarted=prestarted)
+                      listener=listener, prestarted=prestarted, huge_pages=huge_pages)
     install_parent_watch(on_parent_exit=agent.stop_workers)
     signal.signal(signal.SIGTERM, lambda *_: _stop(agent))
     import asyncio

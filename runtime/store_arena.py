@@ -13,6 +13,9 @@ import tempfile
 import warnings
 
 from .exceptions import ObjectStoreFullError
+from .store_hugepages import STORE_FILE_NAME, HugePageFile
+
+HUGE_PAGE_BACKING = "tmpfs (huge pages)"
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -41,21 +44,25 @@ class Arena:
         self.capacity = capacity
         self.backing = backing
         self._mmap: mmap.mmap | None = mmap.mmap(fd, capacity, mmap.MAP_SHARED)
+        _advise_huge_pages(self._mmap)
         self._view: memoryview | None = memoryview(self._mmap)
         self._readonly_view: memoryview | None = self._view.toreadonly()
 
     @classmethod
-    def create(cls, capacity: int, fallback_dir: str) -> Arena:
-        """Reserve ``capacity`` bytes of shared memory, falling back to a file in ``fallback_dir``."""
+    def create(cls, capacity: int, fallback_dir: str, huge_pages: HugePageFile | None = None) -> Arena:
+        """Reserve ``capacity`` bytes of shared memory, falling back to a file in ``fallback_dir``.
+
+        With ``huge_pages`` (started early, see store_hugepages.py) the memory is that file's
+        when it came, else a memfd; ``huge_pages.reason`` then says why."""
         if capacity <= 0:
             raise ValueError(f"object store capacity must be positive, got {capacity} bytes")
         try:
-            fd = _reserve_memfd(capacity)
+            fd, backing = _reserve_shared(capacity, huge_pages)
         except _MemoryUnavailable as reason:
             fd, path = _reserve_file(capacity, fallback_dir, reason)
             _warn_file_backed(capacity, path, reason)
             return cls(fd, capacity, f"file:{path} (deleted)")
-        return cls(fd, capacity, "memfd")
+        return cls(fd, capacity, backing)
 
     @classmethod
     def attach(cls, fd: int, capacity: int) -> Arena:
@@ -127,13 +134,23 @@ class _MemoryUnavailable(Exception):
     """Internal: shared memory could not be reserved; the message says why."""
 
 
-def _reserve_memfd(capacity: int) -> int:
-    """A sealed memfd with ``capacity`` bytes of pages already allocated."""
+def _reserve_shared(capacity: int, huge_pages: HugePageFile | None) -> tuple[int, str]:
+    """The store's shared memory as ``(fd, backing)``: the huge-page file if it came, else a memfd."""
+    fd = huge_pages.result() if huge_pages is not None else None
     available = available_memory()
     if capacity > available:
+        if fd is not None:
+            os.close(fd)
         raise _MemoryUnavailable(
             f"only {_human(available)} of memory is available for a {_human(capacity)} store"
         )
+    if fd is not None:
+        return fd, HUGE_PAGE_BACKING
+    return _reserve_memfd(capacity), "memfd"
+
+
+def _reserve_memfd(capacity: int) -> int:
+    """A memfd of ``capacity`` bytes, sealed against shrinking and growing."""
     try:
         fd = os.memfd_create("nebula-store", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     except (AttributeError, OSError) as err:
@@ -198,7 +215,17 @@ def _describe_fd(fd: int) -> str:
         target = os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         return "unknown"
-    return "memfd" if target.startswith("/memfd:") else f"file:{target}"
+    if target.startswith("/memfd:"):
+        return "memfd"
+    return HUGE_PAGE_BACKING if target.endswith(f"/{STORE_FILE_NAME} (deleted)") else f"file:{target}"
+
+
+def _advise_huge_pages(mapping: mmap.mmap) -> None:
+    """Ask for 2 MiB pages (honoured for a memfd where shmem_enabled is ``advise``)."""
+    try:
+        mapping.madvise(mmap.MADV_HUGEPAGE)
+    except (AttributeError, OSError):
+        pass  # no transparent huge pages here: 4 KiB pages work too
 
 
 def _release_quietly(view: memoryview) -> None:

@@ -21,6 +21,7 @@ from nebula import store_arena
 from nebula.exceptions import ObjectStoreFullError
 from nebula.store_allocator import ExtentAllocator
 from nebula.store_arena import Arena, default_store_capacity, parse_memory_size
+from nebula.store_hugepages import ENV_SWITCH, STORE_FILE_NAME, HugePageFile, huge_pages_wanted
 from nebula.store_spill import SpillDirectory
 
 MiB = 1 << 20
@@ -225,6 +226,57 @@ def test_arena_fd_sent_with_send_fds_from_another_process(tmp_path):
     assert arena.backing == "memfd"
     assert bytes(arena.view()[:13]) == b"over a socket"  # still mapped after the creator left
     arena.close()
+
+
+def _pmd_mapped_kib(mapping_name: str) -> int:
+    """KiB of this process's mappings of ``mapping_name`` that are mapped in 2 MiB pages."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                inside = mapping_name in line
+            elif inside and line.split(":")[0] in ("ShmemPmdMapped", "FilePmdMapped"):
+                total += int(line.split()[1])
+    return total
+
+
+def test_store_lives_in_huge_pages_on_a_private_tmpfs(tmp_path):
+    mount_dir = tmp_path / "mount"
+    mount_dir.mkdir()
+    huge_pages = HugePageFile(8 * MiB, str(mount_dir))
+    with Arena.create(8 * MiB, str(tmp_path / "spill"), huge_pages) as arena:
+        if huge_pages.reason:
+            pytest.skip(f"this kernel gives no huge-page tmpfs: {huge_pages.reason}")
+        assert arena.backing == store_arena.HUGE_PAGE_BACKING and os.fstat(arena.fd).st_size == 8 * MiB
+        arena.view()[: 4 * MiB] = b"\x07" * (4 * MiB)
+        assert _pmd_mapped_kib(STORE_FILE_NAME) >= 4096  # written pages are 2 MiB pages
+        assert os.listdir(mount_dir) == []  # the mount is the helper's alone, the file unlinked
+        child = """
+            import sys
+            from nebula.store_arena import Arena
+            arena = Arena.attach(int(sys.argv[1]), int(sys.argv[2]))
+            assert bytes(arena.view()[4 * 2**20 - 3 : 4 * 2**20]) == b"\\x07" * 3
+            arena.view()[-2:] = b"ok"
+            print(arena.backing)
+        """
+        assert _run_child(child, (arena.fd,), arena.fd, arena.capacity).strip() == arena.backing
+        assert bytes(arena.view()[-2:]) == b"ok"
+
+
+def test_store_uses_a_memfd_and_says_why_when_huge_pages_are_refused(tmp_path):
+    huge_pages = HugePageFile(4 * MiB, str(tmp_path / "no-such-directory"))
+    with Arena.create(4 * MiB, str(tmp_path / "spill"), huge_pages) as arena:
+        assert arena.backing == "memfd"
+    assert "mounting a tmpfs with huge=always" in huge_pages.reason and "No such file" in huge_pages.reason
+
+
+@pytest.mark.parametrize("value, wanted", [(None, True), ("1", True), ("0", False), ("off", False)])
+def test_huge_pages_can_be_turned_off(monkeypatch, value, wanted):
+    if value is None:
+        monkeypatch.delenv(ENV_SWITCH, raising=False)
+    else:
+        monkeypatch.setenv(ENV_SWITCH, value)
+    assert huge_pages_wanted() is wanted
 
 
 def test_attach_rejects_an_fd_smaller_than_the_capacity(tmp_path):
