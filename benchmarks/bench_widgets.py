@@ -25,7 +25,6 @@ import random
 import statistics
 import time
 import tracemalloc
-import types
 
 from bokeh.document import Document
 from bokeh.protocol import Protocol
@@ -46,7 +45,7 @@ FUNCTIONS = [f"stage_{i}" for i in range(10)]
 
 
 def event(kind, event_id, state, t, **data) -> Event:
-    return Event(kind, event_id, state, t, types.MappingProxyType(data))
+    return Event(kind, event_id, state, t, data)
 
 
 class SyntheticCluster:

@@ -1,8 +1,8 @@
-"""Per-process event recording: tuples in a bounded ring, shipped only while subscribed.
+"""Per-process event recording: events in a bounded ring, shipped only while subscribed.
 
-Each process records state transitions (tasks, objects, workers, actors, nodes) as tuples
-``(kind, id, state, time, fields)``, ``fields`` being a dict of the rest: recording costs one
-tuple and one append, and nothing at all while nobody subscribes. The node agent tells every
+Each process records state transitions (tasks, objects, workers, actors, nodes) as ``Event``s
+``(kind, id, state, time, data)``, ``data`` being a dict of the rest: recording costs one
+untracked struct and one append, and nothing at all while nobody subscribes. The node agent tells every
 client when someone subscribes (``FeedControl``); only then are batches shipped to it, every
 ``FLUSH_INTERVAL`` seconds, and fanned out to subscribers as ``EventBatch``es.
 
@@ -23,12 +23,12 @@ import time
 import msgspec
 
 from . import protocol as P
-from .state_events import coalesced_records, to_records
+from .state_events import Event, coalesced_records
 
 log = logging.getLogger("nebula.events")
 RING_SIZE = 20000
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(list[tuple[str, str, str, float, dict]])
+_decoder = msgspec.msgpack.Decoder(list[Event])
 FLUSH_INTERVAL = 0.1
 
 
@@ -53,9 +53,8 @@ class EventRecorder:
     def add(self, kind: str, object_id: str, state: str, fields: dict, at: float | None = None) -> None:
         """Record one event (``at``: when it happened, if not now); hot paths call this directly,
         behind their own ``enabled`` check, so nothing is computed for the feed while nobody
-        subscribes. A plain tuple is the cheapest record to keep; the delivery thread makes
-        ``Event``s of it."""
-        self.ring.append((kind, object_id, state, time.time() if at is None else at, fields))
+        subscribes."""
+        self.ring.append(Event(kind, object_id, state, time.time() if at is None else at, fields))
         self.flush_soon()
 
     def flush_soon(self) -> None:
@@ -129,10 +128,11 @@ class EventRecorder:
             raw, forms = self._deliveries.get(), {}
             if isinstance(raw, bytes):
                 raw = _decoded(raw)
+            forms[False] = raw
             for callback, kinds, coalesce in list(self.subscribers):
                 records = forms.get(coalesce)
                 if records is None:
-                    records = forms[coalesce] = (coalesced_records if coalesce else to_records)(raw)
+                    records = forms[coalesce] = coalesced_records(raw)
                 batch = records if kinds is None else [r for r in records if r.kind in kinds]
                 if batch:
                     _call_safely(callback, batch)

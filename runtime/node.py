@@ -97,6 +97,7 @@ class NodeAgent:
         self.job_counter = 0
         self.max_workers = int(self.config.get("max_workers", max(32, 8 * int(resources.get("CPU", 1)))))
         self.warned_worker_cap = False
+        self.warned_infeasible: set[tuple] = set()  # (client id, resource shape) told it cannot run
         self.telemetry = None  # a NodeTelemetry, made by _telemetry() once the node is up
         self.stopping = False
         self.draining = False  # see node_drain.py
@@ -313,6 +314,11 @@ class NodeAgent:
             self.cluster.cancel_forwarded(client.client_id, msg.request_id)
 
     def _warn_infeasible(self, client: Client, request: LeaseRequest) -> None:
+        """Once per client and resource shape (an owner asks for several leases at a time)."""
+        key = (client.client_id, tuple(sorted(request.shape.items())))
+        if key in self.warned_infeasible:
+            return
+        self.warned_infeasible.add(key)
         text = (f"a task needs resources no node has ({self.pool.shortfall(request.shape)}); it stays "
                 "pending until such a node joins. Cancel it with nebula.cancel(ref) or lower its requirements")
         log.warning(text)

@@ -299,11 +299,11 @@ class ExecuteTask(Msg):
     name: str
     owner: str
     job_id: str
-    arg_refs: list = []
+    arg_refs: tuple = ()  # tuples, not lists: an empty default allocates nothing
     method: str = ""
     actor_id: str = ""
     retriable: bool = False
-    gpu_ids: list = []
+    gpu_ids: tuple = ()
     resources: dict = {}  # what the task was granted (get_assigned_resources)
 
 

@@ -35,6 +35,7 @@ from .events import EventRecorder
 from .exceptions import (GetTimeoutError, NebulaError, ObjectLostError, ObjectStoreFullError,
                          restore_task_error)
 from .ids import new_id
+from .light_future import LightFuture
 from .options import runtime_env_key
 from .object_ref import ObjectRef
 from .serialization import SerializedObject, deserialize, serialize
@@ -77,22 +78,13 @@ def decode_error(payload: bytes) -> BaseException:
     return restore_task_error(payload[1:])
 
 
-class _ReadyFuture(concurrent.futures.Future):
-    """A future that drops its callbacks once they ran: an owned entry's future lives as long
-    as the object, and callbacks holding ObjectRefs would otherwise keep it alive forever."""
-
-    def _invoke_callbacks(self):
-        super()._invoke_callbacks()
-        self._done_callbacks = []
-
-
 class ObjectEntry:
     """An object this process owns: pending, or ready inline / in the store, or failed."""
 
     __slots__ = ("ready", "inline", "in_store", "error", "escaped", "task_id", "size", "node")
 
     def __init__(self, task_id: str = ""):
-        self.ready = _ReadyFuture()
+        self.ready = LightFuture()  # drops its callbacks once they ran (they may hold ObjectRefs)
         self.inline: bytes | None = None
         self.in_store = False
         self.error: bytes | None = None
@@ -444,7 +436,7 @@ class Session:
         entry = self.owned.get(ref.hex())
         if entry is None:
             return self._locate(ref.hex(), pin=True)
-        out: concurrent.futures.Future = concurrent.futures.Future()
+        out = LightFuture()
         entry.ready.add_done_callback(lambda _f: self._source_from_entry(ref.hex(), entry, out))
         return out
 
@@ -453,9 +445,7 @@ class Session:
         entry = self.owned.get(ref.hex())
         if entry is None or not entry.ready.done() or entry.in_store:
             return None
-        out: concurrent.futures.Future = concurrent.futures.Future()
-        out.set_result(("error", entry.error) if entry.error is not None else ("inline", entry.inline))
-        return out
+        return LightFuture.completed(("error", entry.error) if entry.error is not None else ("inline", entry.inline))
 
     def _source_from_entry(self, object_id: str, entry: ObjectEntry, out) -> None:
         if entry.error is not None:
@@ -481,7 +471,7 @@ class Session:
 
     def _locate(self, object_id: str, pin: bool, node_hint: str = "") -> concurrent.futures.Future:
         """Ask the node where ``object_id`` is (``node_hint``: where this owner heard it was sealed)."""
-        out: concurrent.futures.Future = concurrent.futures.Future()
+        out = LightFuture()
         fut = self.request(lambda rid: P.GetObject(rid, object_id, pin, node_hint))  # unmapped store: pin = send bytes
         fut.add_done_callback(lambda f: _location_to_source(f, out))
         return out

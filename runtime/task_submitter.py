@@ -21,6 +21,7 @@ from . import protocol as P
 from . import wire
 from .exceptions import TaskCancelledError, WorkerCrashedError
 from .ids import new_id, return_id
+from .light_future import LightFuture
 from .options import resource_shape, strategy_fields
 from .task_args import pack_args
 
@@ -47,7 +48,7 @@ class PendingTask:
         self.lease = None
         self.shape, self.env, self.strategy = shape, options.runtime_env, strategy
         self.name = spec.name
-        self.dep_sources: list = []
+        self.dep_sources: list | tuple = ()
         self.where = ("", 0)
 
 
@@ -139,7 +140,7 @@ class TaskSubmitter:
         if events.enabled:
             events.add("task", task.spec.task_id, "SUBMITTED", {
                 "name": task.name, "owner": self.session.client_id, "job": self.session.job_id,
-                "deps": tuple(d.hex() for d in task.deps)})
+                "deps": tuple(d.hex() for d in task.deps) if task.deps else ()})
         task.dep_sources = [self.session.readiness(d) for d in task.deps]
         waiting = [f for f in task.dep_sources if not f.done()]
         if not waiting:
@@ -404,10 +405,9 @@ class TaskSubmitter:
         self._submit(task)
 
     def _reset_entry(self, object_id: str) -> None:
-        import concurrent.futures
         entry = self.session.owned.get(object_id)
         if entry is not None:
-            entry.ready = concurrent.futures.Future()
+            entry.ready = LightFuture()
             entry.inline, entry.in_store, entry.error, entry.node = None, False, None, ""
 
     def _fail(self, task: PendingTask, error: bytes) -> None:

@@ -173,7 +173,7 @@ class Worker:
 
     def _where(self, spec: P.ExecuteTask) -> dict:
         fields = {"name": spec.name, "owner": spec.owner, "node": self.session.node_id, "worker": self.worker_id,
-                  "pid": os.getpid()}
+                  "pid": self.session.pid}
         if spec.actor_id:
             fields["actor"] = spec.actor_id
         return fields

@@ -213,7 +213,9 @@ def test_task_with_two_cpus_runs_alone(cluster):
 
 def test_infeasible_request_stays_pending_warns_and_can_be_cancelled(cluster, caplog):
     caplog.set_level(logging.WARNING, logger="nebula")
-    ref = add.options(resources={"unicorn": 1}).remote(1, 2)
+    unicorn = add.options(resources={"unicorn": 1})
+    refs = [unicorn.remote(1, 2) for _ in range(20)]  # the owner asks for several leases at once
+    ref = refs[0]
     ready, not_ready = nebula.wait([ref], timeout=1.0)
     assert ready == [] and not_ready == [ref]
     deadline = time.monotonic() + 10
@@ -221,7 +223,10 @@ def test_infeasible_request_stays_pending_warns_and_can_be_cancelled(cluster, ca
         assert time.monotonic() < deadline, "no warning about the infeasible request"
         time.sleep(0.05)
     assert nebula.wait([ref], timeout=0.5)[0] == []  # still pending
-    nebula.cancel(ref)
+    warnings = [r for r in caplog.records if "unicorn" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]  # one warning, not one per task
+    for pending in refs:
+        nebula.cancel(pending)
     with pytest.raises(TaskCancelledError):
         nebula.get(ref, timeout=10)
     assert nebula.get(add.remote(1, 2), timeout=10) == 3  # the cluster is unaffected

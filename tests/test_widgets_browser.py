@@ -19,7 +19,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import types
 from pathlib import Path
 
 import nbformat
@@ -375,7 +374,7 @@ def test_two_nodes_render_from_synthetic_events(browser, tmp_path):
         events += [submitted(task, deps=[ret(f"t{i - 2}" + "0" * 22)] if i >= 2 else [], t=now),
                    running(task, node=node, pid=10 + i % 2, t=now), sealed(ret(task), node=node, size=2**20, t=now)]
     events.append(Event("object", ret("t0" + "0" * 22), "TRANSFERRED", now,
-                        types.MappingProxyType({"size": 2**20, "to": N2, "node": N1})))
+                        {"size": 2**20, "to": N2, "node": N1}))
     board.feed.receive(events)
     board.tick(now=now)
     page = browser.new_page()

@@ -7,7 +7,6 @@ that what a browser would hold always equals the model's own ``columns()``.
 from __future__ import annotations
 
 import math
-import types
 
 import pytest
 
@@ -24,7 +23,7 @@ N1, N2 = "node1" + "0" * 23, "node2" + "0" * 23
 
 
 def ev(kind: str, event_id: str, state: str, t: float = 100.0, **data) -> Event:
-    return Event(kind, event_id, state, t, types.MappingProxyType(data))
+    return Event(kind, event_id, state, t, data)
 
 
 def ret(task_id: str, index: int = 0) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-import types
 
 import nebula
 from nebula.state import Event
@@ -142,4 +141,4 @@ def _task_events(snapshot, t: float, client_id: str | None, only_node: str) -> l
 
 
 def _event(kind: str, event_id: str, state: str, time: float, **data) -> Event:
-    return Event(kind, event_id, state, time, types.MappingProxyType(data))
+    return Event(kind, event_id, state, time, data)

@@ -25,7 +25,6 @@ import os
 import signal
 import sys
 import time
-import types
 
 import nebula
 from nebula.state import Event
@@ -65,7 +64,7 @@ class ModelServer:
 
     def _command(self, kind: str, *args) -> None:
         if kind == "seed":
-            kernel_seed = [Event(kind, id_, state, at, types.MappingProxyType(data)) for kind, id_, state, at, data in args[0]]
+            kernel_seed = [Event(kind, id_, state, at, data) for kind, id_, state, at, data in args[0]]
             self.kept.extend(kernel_seed)
             self._rebuild(self._own_seed)
             self.seeded = True
