@@ -30,7 +30,7 @@ def pack_args(session, args: tuple, kwargs: dict, call_name: str):
     if obj.total_size > INLINE_ARG_LIMIT:
         args, kwargs = _store_large_args(session, args, kwargs, deps)
         obj = _serialize_call(args, kwargs, call_name)
-    return obj.to_bytes(), deps, obj.contained
+    return obj.to_bytes(), deps or (), obj.contained or ()  # () allocates nothing (most calls)
 
 
 def _placeholder(value, deps: list):

@@ -141,7 +141,7 @@ class TaskSubmitter:
             events.add("task", task.spec.task_id, "SUBMITTED", {
                 "name": task.name, "owner": self.session.client_id, "job": self.session.job_id,
                 "deps": tuple(d.hex() for d in task.deps) if task.deps else ()})
-        task.dep_sources = [self.session.readiness(d) for d in task.deps]
+        task.dep_sources = [self.session.readiness(d) for d in task.deps] if task.deps else ()
         waiting = [f for f in task.dep_sources if not f.done()]
         if not waiting:
             self._args_ready(task)
@@ -156,6 +156,9 @@ class TaskSubmitter:
             self._args_ready(task)
 
     def _args_ready(self, task: PendingTask) -> None:
+        if not task.deps:
+            self._enqueue(task, announce=False)
+            return
         inline = []
         for dep, src in zip(task.deps, task.dep_sources):
             error = self._dep_error(dep, src)
