@@ -85,7 +85,7 @@ class ActorCaller:
         data, deps, nested = pack_args(session, args, kwargs, f"{class_name}.__init__()")
         session.escape(deps)
         session.escape(nested)
-        self.creation_args[actor_id] = deps + list(nested)
+        self.creation_args[actor_id] = [*deps, *nested]
         spec = serialize((cls, data, [d.hex() for d in deps], method_meta)).to_bytes()
         held = resource_shape(options.num_cpus or 0, options.num_gpus, options.resources, options.memory)
         placement = dict(held) if options.num_cpus is not None else {**held, "CPU": 1.0}
