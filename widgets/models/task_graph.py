@@ -124,7 +124,8 @@ class TaskGraphModel:
     def _new_task(self, event) -> TaskInfo | None:
         if self.owner is not None and event.get("owner") != self.owner:
             return None
-        deps = list(dict.fromkeys(task_of_object(d) for d in event.get("deps") or ()))
+        deps = event.get("deps")
+        deps = list(dict.fromkeys(task_of_object(d) for d in deps)) if deps else []
         task = TaskInfo(event.id, event.get("name") or "?", event.get("actor") or "", deps)
         self.tasks[task.id] = task
         if self.grouped:
@@ -224,17 +225,21 @@ class TaskGraphModel:
                 **group.row()}
 
     def _group_transition(self, task: TaskInfo, event, state: str) -> None:
+        """Move ``task`` between its group's counts (no per-task row, so no per-task text)."""
         group = self.groups[self.group_of[task.id]]
         group.counts[task.state] -= 1
         group.counts[state] += 1
         group.dirty = True
-        changes = self._changes(task, event, state)
-        _remember(group.nodes, changes.get("node", ""))
-        _remember(group.workers, changes.get("worker", ""))
+        if event.state == "RUNNING" or event.get("node") or event.get("worker"):
+            where = self._where(task, event)
+            task.node, task.worker = where["node"], where["worker"]
+            _remember(group.nodes, task.node)
+            _remember(group.workers, task.worker)
         if state in DONE:
-            if task.start and task.end:
-                group.took, group.timed = group.took + max(0.0, task.end - task.start), group.timed + 1
-            group.error = task.error or group.error
+            start, end = event.get("start"), event.get("end")
+            if start and end:
+                group.took, group.timed = group.took + max(0.0, end - start), group.timed + 1
+            group.error = event.get("error") or group.error
             self.tasks.pop(task.id, None)
 
     def _refresh_groups(self) -> None:

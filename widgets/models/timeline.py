@@ -39,6 +39,7 @@ class TimelineModel:
         self.ended = BoundedMap(memory)           # task id -> True once a run of it ended
         self.last_short: dict[str, list] = {}     # lane -> [bar key, name, end, tasks, busy seconds]
         self._lanes_changed = False
+        self._grown: dict[tuple, list] = {}       # bar key -> its lane's last_short, grown this batch
 
     def apply(self, events, now: float | None = None) -> Update:
         for event in events:
@@ -46,6 +47,7 @@ class TimelineModel:
                 self._on_task(event)
             elif event.kind == "actor":
                 self.actors.apply(event)
+        self._draw_grown()
         self._follow_clock(time.time() if now is None else now)
         update = Update()
         update.add_table("tasks", self.bars)
@@ -114,8 +116,14 @@ class TimelineModel:
                 not 0 <= start - last[2] < MERGE_BELOW or last[0] not in self.bars:
             return False
         last[2], last[3], last[4] = end, last[3] + 1, last[4] + (end - start)
-        self.bars.set(last[0], end=end * 1e3, duration=f"{last[3]} tasks, {seconds_text(last[4])} busy")
+        self._grown[last[0]] = last  # its row is updated once per batch (_draw_grown)
         return True
+
+    def _draw_grown(self) -> None:
+        for key, (_, _, end, tasks, busy) in self._grown.items():
+            if key in self.bars:
+                self.bars.set(key, end=end * 1e3, duration=f"{tasks} tasks, {seconds_text(busy)} busy")
+        self._grown.clear()
 
     def _follow_clock(self, now: float) -> None:
         for key in self.running.values():
@@ -131,6 +139,9 @@ class TimelineModel:
     def _lane(self, node: str, pid, actor: str) -> str:
         if not node and not pid:
             return self._new_lane(("", None), UNKNOWN_LANE)
+        known = self.lanes.get((node, pid))
+        if known is not None:
+            return known
         who = f"{self.actors.label(actor)} pid {pid}" if actor else f"pid {pid}"
         return self._new_lane((node, pid), f"{short(node)} · {who}")
 
