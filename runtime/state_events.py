@@ -26,9 +26,16 @@ class Event(msgspec.Struct, array_like=True, frozen=True, gc=False):
         return self.data.get(key, default)
 
 
+# How far along each task state is. A task's events come from its owner (submitted, waiting)
+# and from the worker that ran it (running, ended) by different paths, so the owner's can
+# arrive after the worker's.
+TASK_PROGRESS = {"SUBMITTED": 0, "PENDING_NODE": 1, "RUNNING": 2, "FINISHED": 3, "FAILED": 3, "CANCELLED": 3}
+
+
 def coalesced_records(events: list[Event]) -> list[Event]:
-    """One event per task: its last state and time, the data of all its events in the batch
-    merged (later ones win), where its first event was; other kinds as they are."""
+    """One event per task: its furthest state (of equally far ones, the last) with that
+    event's time, the data of all its events merged (later ones win), where its first event
+    was; other kinds as they are."""
     out: list[Event] = []
     index: dict[str, int] = {}
     merged: set[int] = set()  # positions whose data dict is this function's own copy
@@ -41,8 +48,13 @@ def coalesced_records(events: list[Event]) -> list[Event]:
             index[event.id] = len(out)
             out.append(event)
             continue
-        data = out[at].data if at in merged else dict(out[at].data)
-        data.update(event.data)
-        merged.add(at)
-        out[at] = Event(event.kind, event.id, event.state, event.time, data)
+        earlier = out[at]
+        if at in merged:
+            data = earlier.data
+            data.update(event.data)
+        else:
+            data = {**earlier.data, **event.data}
+            merged.add(at)
+        last = event if TASK_PROGRESS.get(event.state, 0) >= TASK_PROGRESS.get(earlier.state, 0) else earlier
+        out[at] = Event(event.kind, event.id, last.state, last.time, data)
     return out

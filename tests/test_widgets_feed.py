@@ -86,14 +86,14 @@ def test_the_feed_carries_owner_placement_and_errors_of_tasks(cluster):
     held = run_workload()
     events = poll_until(feed, lambda seen: sum(e.state in ("FINISHED", "FAILED") for e in seen if e.kind == "task") >= 5)
     me = nebula.get_runtime_context().get_worker_id()
-    tasks = [e for e in events if e.kind == "task"]
-    assert {e.get("owner") for e in tasks if e.state == "SUBMITTED"} == {me}
-    running = [e for e in tasks if e.state == "RUNNING" and not e.get("actor")]
+    tasks = [e for e in events if e.kind == "task"]  # a poll folds each task's events into one
+    assert {e.get("owner") for e in tasks} == {me}
+    runs = [e for e in tasks if e.state in ("RUNNING", "FINISHED", "FAILED") and not e.get("actor")]
     node = nebula.get_runtime_context().get_node_id()
-    assert running and all(e.get("node") == node and e.get("worker") and e.get("pid") for e in running)
+    assert len(runs) >= 4 and all(e.get("node") == node and e.get("worker") and e.get("pid") for e in runs)
     [failure] = [e for e in tasks if e.state == "FAILED"]
     assert failure.get("error") == "ValueError: boom"
-    [total] = [e for e in tasks if e.state == "SUBMITTED" and e.get("name") == "add"]
+    [total] = [e for e in tasks if e.get("name") == "add" and e.get("deps")]
     assert [d[:-4] for d in total.get("deps")] == [held[0].hex()[:-4], held[1].hex()[:-4]]
     feed.close()
 

@@ -14,7 +14,7 @@ from nebula.state import Event
 from nebula.widgets.models import (NodeResourcesModel, ObjectPlacementModel, RowTable, TaskGraphModel,
                                    TimelineModel, Update)
 from nebula.widgets.models.object_placement import CELLS_PER_NODE
-from nebula.widgets.models.tasks import CANCELLED, FAILED, FINISHED, PENDING, RUNNING, WAITING
+from nebula.widgets.models.tasks import CANCELLED, FAILED, FINISHED, PENDING, RUNNING, WAITING, BoundedMap
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -476,3 +476,25 @@ def test_task_views_ignore_a_state_that_arrives_after_a_later_one():
     graph.apply([running("b"), finished("b", state="FAILED", error="ValueError: x"), running("b"),
                  finished("b")], now=200.0)                  # a retried user error: the retry's end wins
     assert dict(zip(graph.columns()["tasks"]["key"], graph.columns()["tasks"]["state"]))["b"] == FINISHED
+
+
+def test_bounded_maps_keep_the_newest_ids_once_trimmed():
+    seen = BoundedMap(10)
+    for i in range(100):
+        seen[f"t{i}"] = i
+    seen["t95"] = "again"  # setting an id again keeps its place
+    seen.trim()
+    assert list(seen) == [f"t{i}" for i in range(90, 100)] and seen["t95"] == "again"
+
+
+def test_view_memory_stays_bounded_over_many_tasks():
+    graph, timeline = TaskGraphModel(memory=500), TimelineModel(memory=500)
+    for batch in range(20):
+        events = []
+        for i in range(250):
+            task = f"b{batch}t{i}".ljust(24, "0")
+            events += [ev("task", task, "SUBMITTED", name="f", owner="me", deps=()),
+                       ev("task", task, "FINISHED", name="f", node="n1", worker="w1", pid=7, start=1.0, end=1.001)]
+        graph.apply(events)
+        timeline.apply(events)
+    assert len(graph.group_of) <= 500 and len(timeline.tasks) <= 500 and len(timeline.ended) <= 500

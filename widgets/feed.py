@@ -17,6 +17,7 @@ import threading
 
 import nebula
 from nebula.state import Event
+from nebula.state_events import coalesced_records
 
 log = logging.getLogger("nebula.widgets")
 BUFFER_LIMIT = 200_000
@@ -47,7 +48,7 @@ class ClusterFeed:
             return True, (self._connect() if client else [])
         with self._lock:
             events, self._buffer = list(self._buffer), collections.deque()
-        return False, events
+        return False, coalesced_records(events)  # a task's events of the whole period as one
 
     def close(self) -> None:
         self._unsubscribe()
@@ -65,7 +66,7 @@ class ClusterFeed:
 
     def _connect(self) -> list[Event]:
         try:
-            self._subscription = nebula.state.subscribe(self.receive, coalesce=True)
+            self._subscription = nebula.state.subscribe(self.receive)  # poll() folds them
             snapshot = nebula.state.snapshot()
         except Exception:  # the cluster went away meanwhile: try again on the next poll
             log.warning("could not subscribe to the cluster's state feed", exc_info=True)

@@ -18,7 +18,7 @@ import heapq
 import math
 import time
 
-from .tasks import BoundedMap, short, task_of_object
+from .tasks import BoundedMap, short, task_of_object, trim_all
 from .update import RowTable, Update
 
 PRIMARY, SECONDARY, SPILLED, FREED = "primary", "secondary", "spilled", "freed"
@@ -119,6 +119,7 @@ class ObjectPlacementModel:
                 self._on_node(event)
             elif event.kind == "task" and event.get("name"):
                 self._learn_name(event.id, event.get("name"))
+        trim_all(self.names, self.unnamed)
         self._fade_transfers(time.time() if now is None else now)
         return self._update()
 

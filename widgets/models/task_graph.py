@@ -15,7 +15,7 @@ import collections
 import math
 
 from .tasks import (CANCELLED, DONE, FAILED, FINISHED, PENDING, PROGRESS, RUNNING, STATES, WAITING, ActorDirectory,
-                    BoundedMap, duration_text, seconds_text, short, task_of_object, view_state)
+                    BoundedMap, duration_text, seconds_text, short, task_of_object, trim_all, view_state)
 from .update import RowTable, Update
 
 NODE_COLUMNS = ("key", "x", "y", "name", "state", "kind", "node", "worker", "duration", "error", "counts",
@@ -87,6 +87,7 @@ class TaskGraphModel:
                 self._on_task(event)
             elif event.kind == "actor":
                 self.actors.apply(event)
+        trim_all(self.placed, self.waiting_edges, self.group_of)
         if not self.grouped and len(self.tasks) > self.group_after:
             self._switch_to_groups()
         if self.grouped:
@@ -110,6 +111,9 @@ class TaskGraphModel:
         if task is None:
             if self.grouped and event.id in self.group_of:
                 return  # a late event of a task already counted as done
+            if self.grouped and state in DONE and not event.get("deps"):
+                self._count_done(event, state)  # first seen done (its events of a batch folded)
+                return
             task = self._new_task(event)
             if task is None:
                 return
@@ -223,6 +227,18 @@ class TaskGraphModel:
         group.dirty = False
         return {"key": group.name, "x": group.x, "y": group.y, "name": group.name, "kind": group.kind,
                 **group.row()}
+
+    def _count_done(self, event, state: str) -> None:
+        """A task without arguments first seen done: counted into its group, never kept."""
+        if self.owner is not None and event.get("owner") != self.owner:
+            return
+        task = TaskInfo(event.id, event.get("name") or "?", event.get("actor") or "", [])
+        task.state = state
+        if event.state == "RUNNING" or event.get("node") or event.get("worker"):
+            where = self._where(task, event)
+            task.node, task.worker = where["node"], where["worker"]
+        task.start, task.end, task.error = event.get("start"), event.get("end"), event.get("error") or ""
+        self._join_group(task)
 
     def _group_transition(self, task: TaskInfo, event, state: str) -> None:
         """Move ``task`` between its group's counts (no per-task row, so no per-task text)."""

@@ -59,8 +59,9 @@ def seconds_text(took: float) -> str:
 
 
 class BoundedMap(dict):
-    """A dict that forgets its oldest entries (ids seen long ago) once it holds more than
-    ``limit``: the oldest quarter at a time, so that most insertions cost a plain dict's."""
+    """A dict of ids seen lately that forgets the oldest once it holds more than ``limit``,
+    when its owner calls ``trim()`` (once per batch of events: setting items costs a plain
+    dict's)."""
 
     __slots__ = ("limit",)
 
@@ -68,19 +69,16 @@ class BoundedMap(dict):
         super().__init__()
         self.limit = limit
 
-    def __setitem__(self, key, value) -> None:
-        dict.__setitem__(self, key, value)
-        if len(self) > self.limit:
-            self._forget_oldest()
+    def trim(self) -> None:
+        excess = len(self) - self.limit
+        if excess > 0:
+            for key in list(itertools.islice(self, excess)):
+                del self[key]
 
-    def setdefault(self, key, default=None):
-        if key not in self:
-            self[key] = default
-        return dict.__getitem__(self, key)
 
-    def _forget_oldest(self) -> None:
-        for key in list(itertools.islice(self, max(1, self.limit // 4))):
-            del self[key]
+def trim_all(*maps: BoundedMap) -> None:
+    for bounded in maps:
+        bounded.trim()
 
 
 class ActorDirectory:
@@ -93,6 +91,7 @@ class ActorDirectory:
         if event.state == "ALIVE" or event.id not in self.actors:
             self.actors[event.id] = {"node": event.get("node") or "", "worker": event.get("worker") or "",
                                      "class_name": event.get("class_name") or "", "pid": event.get("pid")}
+            self.actors.trim()
 
     def where(self, actor_id: str) -> tuple[str, str]:
         """(node, worker) of an actor, '' where not known yet."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 
 from .tasks import (CANCELLED, DONE, FAILED, FINISHED, ActorDirectory, BoundedMap, duration_text, function_color,
-                    seconds_text, short, view_state)
+                    seconds_text, short, trim_all, view_state)
 from .update import RowTable, Update
 
 COLUMNS = ("key", "lane", "start", "end", "name", "color", "outline", "alpha", "state", "duration")
@@ -48,6 +48,7 @@ class TimelineModel:
             elif event.kind == "actor":
                 self.actors.apply(event)
         self._draw_grown()
+        trim_all(self.tasks, self.runs, self.ended)
         self._follow_clock(time.time() if now is None else now)
         update = Update()
         update.add_table("tasks", self.bars)
