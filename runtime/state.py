@@ -14,7 +14,7 @@ import json
 import types
 
 from .session import current_session
-from .state_events import Event  # noqa: F401 - Event is part of this module's API
+from .state_events import Event, coalesced_records
 
 EVENT_KINDS = ("task", "object", "worker", "actor", "node")
 
@@ -91,9 +91,8 @@ class Subscription:
 def subscribe(callback, kinds=None, coalesce: bool = False) -> Subscription:
     """Call ``callback(list[Event])`` with batches of events of ``kinds`` (all kinds if None).
 
-    ``coalesce=True`` folds each batch's events of one task into one: its last state and time,
-    with the fields of all of them (a live view draws only the latest state anyway, and takes
-    fewer events at high task rates)."""
+    ``coalesce=True`` folds each batch's events of one task into one (see ``coalesce``): a
+    live view draws only the latest state anyway, and takes fewer events at high task rates."""
     if not callable(callback):
         raise TypeError("subscribe() needs a callable taking a list of Event")
     bad = sorted(set(kinds or ()) - set(EVENT_KINDS))
@@ -101,6 +100,14 @@ def subscribe(callback, kinds=None, coalesce: bool = False) -> Subscription:
         raise ValueError(f"unknown event kinds {bad}; choose from {list(EVENT_KINDS)}")
     session = current_session()
     return Subscription(session, session.events.add_subscriber(callback, kinds, coalesce))
+
+
+def coalesce(events: list[Event]) -> list[Event]:
+    """``events`` with each task's folded into one: its furthest state (of equally far ones,
+    the last) and that event's time, with the data of all of them (later ones win), where its
+    first event was. Events of other kinds are kept as they are. A view that polls every few
+    hundred milliseconds can fold all it received since the last poll at once."""
+    return coalesced_records(events)
 
 
 def timeline(filename: str | None = None):

@@ -116,13 +116,12 @@ def test_a_coalescing_subscriber_gets_one_event_per_task_per_batch(cluster):
 
 def test_coalescing_keeps_the_furthest_state_whatever_order_the_paths_delivered():
     """The owner's SUBMITTED can arrive after the worker's FINISHED: folding keeps FINISHED."""
-    from nebula.state import Event
-    from nebula.state_events import coalesced_records
+    from nebula.state import Event, coalesce
     finished = Event("task", "t1", "FINISHED", 2.0, {"worker": "w", "start": 1.5, "end": 2.0})
     submitted = Event("task", "t1", "SUBMITTED", 1.0, {"name": "f", "owner": "me", "deps": ()})
     node = Event("node", "n1", "TELEMETRY", 1.7, {})
     retried = [Event("task", "t2", "FAILED", 1.0, {"error": "x"}), Event("task", "t2", "FINISHED", 3.0, {})]
-    folded = coalesced_records([finished, node, submitted, *retried])
+    folded = coalesce([finished, node, submitted, *retried])
     assert [(e.kind, e.id, e.state, e.time) for e in folded] == [
         ("task", "t1", "FINISHED", 2.0), ("node", "n1", "TELEMETRY", 1.7), ("task", "t2", "FINISHED", 3.0)]
     assert folded[0].data == {"worker": "w", "start": 1.5, "end": 2.0, "name": "f", "owner": "me", "deps": ()}

@@ -17,7 +17,6 @@ import threading
 
 import nebula
 from nebula.state import Event
-from nebula.state_events import coalesced_records
 
 log = logging.getLogger("nebula.widgets")
 BUFFER_LIMIT = 200_000
@@ -48,7 +47,7 @@ class ClusterFeed:
             return True, (self._connect() if client else [])
         with self._lock:
             events, self._buffer = list(self._buffer), collections.deque()
-        return False, coalesced_records(events)  # a task's events of the whole period as one
+        return False, nebula.state.coalesce(events)  # a task's events of the whole period as one
 
     def close(self) -> None:
         self._unsubscribe()
