@@ -12,6 +12,7 @@ import nebula
 from nebula.exceptions import ActorDiedError, TaskCancelledError, TaskError
 
 from driver_process import joining_env, run_driver
+from polling import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -449,7 +450,9 @@ def test_a_restarted_actor_knows_it_was_reconstructed(cluster):
 
 @nebula.remote
 class _Sleeper:
-    async def sleep(self, seconds):
+    async def sleep(self, seconds, started_file=None):
+        if started_file:
+            open(started_file, "w").close()  # tells the test this call is the running one
         await asyncio.sleep(seconds)
         return seconds
 
@@ -457,11 +460,13 @@ class _Sleeper:
         return "pong"
 
 
-def test_cancel_interrupts_a_running_async_actor_call_and_keeps_the_actor(cluster):
+def test_cancel_interrupts_a_running_async_actor_call_and_keeps_the_actor(cluster, tmp_path):
     sleeper = _Sleeper.options(max_concurrency=1).remote()
     assert nebula.get(sleeper.ping.remote(), timeout=30) == "pong"
-    running, waiting = sleeper.sleep.remote(30), sleeper.sleep.remote(30)  # the second waits for its turn
-    time.sleep(0.3)
+    started = tmp_path / "started"
+    running = sleeper.sleep.remote(30, str(started))
+    waiting = sleeper.sleep.remote(30)  # waits for its turn behind the running one
+    assert wait_until(started.exists, timeout=30), "the first call never started"
     nebula.cancel(waiting)
     nebula.cancel(running)
     for ref in (running, waiting):
