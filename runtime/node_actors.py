@@ -152,7 +152,7 @@ class ActorDirectory:
             worker.popen.kill()
             return
         worker.client.conn.send(P.BecomeActor(record.actor_id, record.msg.spec, record.msg.max_concurrency,
-                                              record.incarnation, dict(record.msg.shape)))
+                                              record.incarnation, dict(record.msg.shape), tuple(record.gpus or ())))
 
     def worker_died(self, worker, description: str) -> None:
         record = self.actors.get(worker.actor_id)

@@ -280,6 +280,7 @@ class BecomeActor(Msg):
     max_concurrency: int
     incarnation: int
     resources: dict = {}  # what the actor holds while alive (get_assigned_resources)
+    gpu_ids: tuple = ()  # the GPUs it holds (its CUDA_VISIBLE_DEVICES)
 
 
 class ActorReady(Msg):

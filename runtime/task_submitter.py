@@ -65,11 +65,12 @@ class WorkerLink:
 
 class Lease:
     __slots__ = ("lease_id", "worker_id", "key", "link", "in_flight", "pid", "node_id", "idle_timer", "dead",
-                 "dispatched", "revoked")
+                 "dispatched", "revoked", "gpu_ids")
 
     def __init__(self, msg: P.LeaseGranted, key, link: WorkerLink):
         self.lease_id, self.worker_id, self.key, self.link = msg.lease_id, msg.worker_id, key, link
         self.pid, self.node_id = msg.pid, msg.node_id
+        self.gpu_ids = tuple(msg.gpu_ids)  # the GPUs the node granted with the lease
         self.in_flight: dict[str, PendingTask] = {}
         self.idle_timer = None
         self.dead = False
@@ -307,6 +308,7 @@ class TaskSubmitter:
             lease.idle_timer.cancel()
             lease.idle_timer = None
         spec, link = task.spec, lease.link
+        spec.gpu_ids = lease.gpu_ids  # this lease's (a retry may run on another)
         if spec.function_id not in link.functions_sent:
             link.functions_sent.add(spec.function_id)
             spec = _with_function(spec, self.functions[spec.function_id])

@@ -48,6 +48,8 @@ class Worker:
         self.unreported: dict[str, tuple] = {}  # task id -> (spec, start): running, not yet in the feed
         self.async_calls: dict[str, asyncio.Task] = {}  # an async actor's calls in progress
         self.actor_resources: dict = {}  # what the actor this worker hosts holds while alive
+        self.actor_gpu_ids: list = []  # the GPUs it holds
+        self.cuda_before: str | None | bool = False  # CUDA_VISIBLE_DEVICES before a GPU task set it
         session.events.flush_hooks.append(self._report_running)
         self.functions: dict[str, object] = {}
         self.inbox: queue.SimpleQueue = session.worker_inbox
@@ -149,9 +151,11 @@ class Worker:
         local = self.session.current_task
         local.task_id, local.borrowed, local.children = spec.task_id, [], []
         self.children[spec.task_id] = local.children
-        local.gpu_ids, local.actor_id, local.job_id = list(spec.gpu_ids), self.actor_id, spec.job_id
+        local.gpu_ids = list(self.actor_gpu_ids if spec.actor_id else spec.gpu_ids)
+        local.actor_id, local.job_id = self.actor_id, spec.job_id
         local.resources = self.actor_resources if spec.actor_id else spec.resources
-        if spec.gpu_ids:
+        if spec.gpu_ids and not spec.actor_id:  # an actor's are set once, for its whole process
+            self.cuda_before = os.environ.get("CUDA_VISIBLE_DEVICES")
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in spec.gpu_ids)
         self._begin_output(spec, conn)
         self._report_start(spec)
@@ -168,6 +172,9 @@ class Worker:
         if local.borrowed:
             self.session.confirm_borrows()
         local.task_id = None
+        if self.cuda_before is not False:  # the next task on this worker sees what was there before
+            _restore_env("CUDA_VISIBLE_DEVICES", self.cuda_before)
+            self.cuda_before = False
 
     # ---- the state feed: a task's run is reported where it runs ---------------------------------
 
@@ -282,6 +289,9 @@ class Worker:
     def _become_actor(self, msg: P.BecomeActor) -> None:
         self.actor_id = msg.actor_id
         self.actor_resources = self.session.current_task.resources = dict(msg.resources)
+        self.actor_gpu_ids = list(msg.gpu_ids)
+        if msg.gpu_ids:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in msg.gpu_ids)
         self.session.actor_incarnation = msg.incarnation
         self.session.current_task.actor_id = msg.actor_id
         try:
@@ -390,3 +400,10 @@ def deserialize_function(data: bytes):
 def _format_init_error(exc: BaseException) -> str:
     import traceback
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
