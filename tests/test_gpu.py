@@ -13,6 +13,7 @@ import pytest
 
 import nebula
 from nebula.node_resources import detect_gpus
+from clusters import private_cluster
 
 GPUS = detect_gpus(environ={})
 pytestmark = [pytest.mark.timeout(120),
@@ -21,10 +22,7 @@ pytestmark = [pytest.mark.timeout(120),
 
 @pytest.fixture(scope="module")
 def gpu_cluster():
-    nebula.shutdown()
-    info = nebula.init(num_cpus=2, object_store_memory="256MiB")
-    yield info
-    nebula.shutdown()
+    yield from private_cluster(num_cpus=2, object_store_memory="256MiB")
 
 
 @nebula.remote(num_gpus=1)

@@ -6,16 +6,14 @@ import os
 import pytest
 
 import nebula
+from clusters import private_cluster
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
 def two_gpus():
-    nebula.shutdown()
-    info = nebula.init(num_cpus=2, num_gpus=2, object_store_memory="256MiB")
-    yield info
-    nebula.shutdown()
+    yield from private_cluster(num_cpus=2, num_gpus=2, object_store_memory="256MiB")
 
 
 def _seen():

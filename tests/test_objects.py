@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import nebula
-from polling import wait_until
+from clusters import private_cluster
 from nebula.exceptions import ObjectStoreFullError
+from polling import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 MiB = 1 << 20
@@ -150,10 +151,7 @@ def test_an_object_inside_another_lives_as_long_as_its_container(cluster):
 
 @pytest.fixture(scope="module")
 def small_store():
-    nebula.shutdown()
-    info = nebula.init(num_cpus=2, object_store_memory="64MiB")
-    yield info
-    nebula.shutdown()
+    yield from private_cluster(num_cpus=2, object_store_memory="64MiB")
 
 
 def test_a_viewed_array_stays_intact_while_the_store_fills_past_capacity_twice(small_store):
