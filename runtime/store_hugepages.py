@@ -124,19 +124,16 @@ class HugePageFile:
         finally:
             self._ours.close()
         _end(helper)
-        if message == b"ok" and fds:
-            self._fd = fds[0]
-            os.ftruncate(self._fd, self.capacity)
-        else:
-            for fd in fds:
-                os.close(fd)
-            self.reason = _reason(message, helper)
-
-    def close(self) -> None:
-        """Give up on the file, closing it if it came."""
-        fd = self.result()
-        if fd is not None:
-            os.close(fd)
+        try:
+            if message == b"ok" and fds:
+                self._fd = fds[0]
+                os.ftruncate(self._fd, self.capacity)
+            else:
+                for fd in fds:
+                    os.close(fd)
+                self.reason = _reason(message, helper)
+        finally:
+            helper.stderr.close()
 
 
 def _end(helper: subprocess.Popen) -> None:
@@ -148,10 +145,9 @@ def _end(helper: subprocess.Popen) -> None:
 
 
 def _reason(message: bytes, helper: subprocess.Popen) -> str:
+    """Why no file came: the helper's own words, else its exit status and last output."""
     text = message.decode(errors="replace").removeprefix("no ").strip()
     if not text:
-        stderr = helper.stderr.read().decode(errors="replace").strip() if helper.stderr else ""
+        stderr = helper.stderr.read().decode(errors="replace").strip()
         text = f"the helper exited with status {helper.returncode}: {stderr[-300:] or 'no output'}"
-    if helper.stderr:
-        helper.stderr.close()
     return text
