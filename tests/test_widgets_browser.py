@@ -320,6 +320,49 @@ def test_placement_and_resources_in_the_browser_match_the_kernels_snapshot(noteb
 
 # ---- the full-page dashboard -----------------------------------------------------------------
 
+LATE_CELLS = [
+    """import time
+import nebula
+from nebula.widgets import Dashboard
+nebula.init()
+board = Dashboard()   # made, not shown yet
+
+@nebula.remote
+def drawn_before_shown(x):
+    return x
+
+nebula.get([drawn_before_shown.remote(i) for i in range(12)])
+time.sleep(3)   # drawn in the kernel, the node's resource history too""",
+    "board",
+]
+
+
+def test_a_widget_shown_after_it_drew_shows_what_it_drew(lab, browser, notebook):
+    """A browser view starts from the document as the widget was made; what the widget drew
+    before the view existed must reach it too (the tasks finished: nothing else will come)."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code) for code in LATE_CELLS])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(lab.root / "late.ipynb"))
+    page = browser.new_page()
+    try:
+        page.goto(f"{lab.url}lab/tree/late.ipynb?reset&token={TOKEN}")
+        page.wait_for_function(KERNEL_IDLE, timeout=60_000, polling=200)
+        page.evaluate(RUN_FIRST_CELLS)
+        page.locator(".bk-Canvas >> visible=true").first.wait_for(timeout=60_000)
+        deadline, rows = time.monotonic() + 20, None
+        while time.monotonic() < deadline:
+            tasks = read_source(page, "task_graph.tasks") or {"name": [], "state": []}
+            rows = [state for name, state in zip(tasks["name"], tasks["state"]) if name == "drawn_before_shown"]
+            if rows == ["finished"] * 12:
+                break
+            time.sleep(0.3)
+        assert rows == ["finished"] * 12, f"the browser shows {rows}"
+        node = run_in_kernel(page, "print(nebula.get_runtime_context().get_node_id())").strip()
+        assert read_source(page, f"node_resources.history:{node}") is not None  # made before the view
+    finally:
+        page.close()
+
+
 def test_the_dashboard_page_loads_with_the_token_and_follows_the_cluster(lab, browser, notebook):
     page = browser.new_page()
     page.goto(f"{lab.url}nebula/dashboard?token={TOKEN}")

@@ -10,8 +10,10 @@ The kernel owns the document; the browser only flips the "this notebook only" sw
   switch is dropped, and the switch is handed to the document's thread.
 - A browser view draws the document as it was when the widget was made (jupyter_bokeh's
   ``render_bundle``) and then applies the changes it receives, missing those sent before it
-  existed. So the widget counts its views (ipywidgets' ``_view_count``) and sends
-  everything again whenever one appears.
+  listened. Sending the same data again would not help (Bokeh sends no change for a value
+  equal to the one it has, nor models it already sent). So the widget counts its views
+  (ipywidgets' ``_view_count``) and, whenever one appears, makes the document as it is now
+  the ``render_bundle`` (the browser draws again from it) and asks its models for everything.
 """
 from __future__ import annotations
 
@@ -52,7 +54,12 @@ class LiveWidget(BokehModel):
 
     def _views_changed(self, change) -> None:
         if (change["new"] or 0) > (change["old"] or 0) and self._pump is not None:
-            self._pump.call(self.board.resync)
+            self._pump.call(self._send_whole_document)
+
+    def _send_whole_document(self) -> None:
+        """On the document's thread: what a new browser view may have missed, all of it."""
+        self.render_bundle = self._model_to_traits(self.board.layout)
+        self.board.resync()
 
     def close(self) -> None:
         pump, self._pump = getattr(self, "_pump", None), None
