@@ -778,7 +778,5 @@ def _likely_cause(returncode: int | None) -> str:
 
 def _log_store_backing(arena: Arena, huge_pages) -> None:
     """Say in the node's log what holds the object store, and why huge pages are not used."""
-    if huge_pages is not None and huge_pages.reason:
-        log.info("object store: %s of %s; no huge pages: %s", arena.capacity, arena.backing, huge_pages.reason)
-    else:
-        log.info("object store: %s bytes of %s", arena.capacity, arena.backing)
+    why_not = f"; no huge pages: {huge_pages.reason}" if huge_pages is not None and huge_pages.reason else ""
+    log.info("object store: %s bytes of %s%s", arena.capacity, arena.backing, why_not)

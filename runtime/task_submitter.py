@@ -172,7 +172,7 @@ class TaskSubmitter:
         preferred = self._preferred_node(task)
         if preferred and task.strategy[0] == "DEFAULT":
             task.key = task.key[:3] + (preferred,)
-        self._enqueue(task, announce=bool(task.deps))
+        self._enqueue(task)
 
     def _preferred_node(self, task: PendingTask) -> str:
         """The node holding the largest stored argument: run there so the data does not move."""

@@ -49,7 +49,7 @@ class Worker:
         self.async_calls: dict[str, asyncio.Task] = {}  # an async actor's calls in progress
         self.actor_resources: dict = {}  # what the actor this worker hosts holds while alive
         self.actor_gpu_ids: list = []  # the GPUs it holds
-        self.cuda_before: str | None | bool = False  # CUDA_VISIBLE_DEVICES before a GPU task set it
+        self.env_before: dict = {}  # what a GPU task's CUDA variables replaced (None: unset)
         session.events.flush_hooks.append(self._report_running)
         self.functions: dict[str, object] = {}
         self.inbox: queue.SimpleQueue = session.worker_inbox
@@ -135,8 +135,7 @@ class Worker:
     def _execute(self, conn: wire.Connection, spec: P.ExecuteTask) -> None:
         start = time.time()
         if spec.task_id in self.cancelled:
-            self._reply(conn, P.TaskResult(spec.task_id, error=encode_system_error(TaskCancelledError(spec.task_id)),
-                                           start=start, end=start))
+            self._reply(conn, _cancelled(spec, start, start))
             return
         self.current = spec
         self._enter_task(spec, conn)
@@ -155,8 +154,7 @@ class Worker:
         local.actor_id, local.job_id = self.actor_id, spec.job_id
         local.resources = self.actor_resources if spec.actor_id else spec.resources
         if spec.gpu_ids and not spec.actor_id:  # an actor's are set once, for its whole process
-            self.cuda_before = os.environ.get("CUDA_VISIBLE_DEVICES")
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in spec.gpu_ids)
+            self.env_before = _set_env(_gpu_env(spec.gpu_ids))
         self._begin_output(spec, conn)
         self._report_start(spec)
 
@@ -172,9 +170,9 @@ class Worker:
         if local.borrowed:
             self.session.confirm_borrows()
         local.task_id = None
-        if self.cuda_before is not False:  # the next task on this worker sees what was there before
-            _restore_env("CUDA_VISIBLE_DEVICES", self.cuda_before)
-            self.cuda_before = False
+        if self.env_before:  # the next task on this worker sees what was there before
+            _set_env(self.env_before)
+            self.env_before = {}
 
     # ---- the state feed: a task's run is reported where it runs ---------------------------------
 
@@ -291,7 +289,7 @@ class Worker:
         self.actor_resources = self.session.current_task.resources = dict(msg.resources)
         self.actor_gpu_ids = list(msg.gpu_ids)
         if msg.gpu_ids:
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in msg.gpu_ids)
+            _set_env(_gpu_env(msg.gpu_ids))
         self.session.actor_incarnation = msg.incarnation
         self.session.current_task.actor_id = msg.actor_id
         try:
@@ -338,8 +336,7 @@ class Worker:
             await self._run_async_call(conn, spec)
         except asyncio.CancelledError:  # cancelled while it waited for its turn (max_concurrency)
             now = time.time()
-            self._reply(conn, P.TaskResult(spec.task_id, error=encode_system_error(TaskCancelledError(spec.task_id)),
-                                           start=now, end=now), spec)
+            self._reply(conn, _cancelled(spec, now, now), spec)
         finally:
             self.async_calls.pop(spec.task_id, None)
 
@@ -362,8 +359,7 @@ class Worker:
             except ExitActor:
                 result = self._exit_actor(spec, start)
             except asyncio.CancelledError:  # nebula.cancel() of this call
-                result = P.TaskResult(spec.task_id, error=encode_system_error(TaskCancelledError(spec.task_id)),
-                                      start=start, end=time.time())
+                result = _cancelled(spec, start, time.time())
             except BaseException as exc:  # noqa: BLE001
                 result = self._error_result(spec, exc, start)
             await asyncio.to_thread(self.capture.end, spec.task_id)
@@ -402,8 +398,21 @@ def _format_init_error(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
-def _restore_env(name: str, value: str | None) -> None:
-    if value is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = value
+def _gpu_env(gpu_ids) -> dict:
+    from .node_resources import gpu_env_for  # only GPU tasks need it: not imported at start-up
+    return gpu_env_for(gpu_ids)
+
+
+def _set_env(values: dict) -> dict:
+    """Set each variable (None: unset it); returns what they were, for setting them back."""
+    before = {name: os.environ.get(name) for name in values}
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    return before
+
+
+def _cancelled(spec: P.ExecuteTask, start: float, end: float) -> P.TaskResult:
+    return P.TaskResult(spec.task_id, error=encode_system_error(TaskCancelledError(spec.task_id)), start=start, end=end)

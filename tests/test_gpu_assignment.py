@@ -25,6 +25,11 @@ cpu_task = nebula.remote(_seen)
 
 
 @nebula.remote(num_gpus=1)
+def device_order():
+    return os.environ.get("CUDA_DEVICE_ORDER")
+
+
+@nebula.remote(num_gpus=1)
 class GpuHolder:
     def seen(self):
         return _seen()
@@ -37,6 +42,7 @@ def test_a_gpu_task_gets_a_gpu_of_its_own_and_cuda_visible_devices(two_gpus):
     assert len(held) == 1 and held[0] in (0, 1) and held_env == str(held[0])
     env, ids = nebula.get(gpu_task.remote(), timeout=60)
     assert ids == [1 - held[0]] and env == str(ids[0])  # the one the actor does not hold
+    assert nebula.get(device_order.remote(), timeout=60) == "PCI_BUS_ID"  # CUDA numbers GPUs as NVML does
     nebula.kill(holder)
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 import concurrent.futures
 import gc
 import threading
-import time
 
 import pytest
 
 import nebula
 from nebula.light_future import LightFuture
+from nebula.session import current_session
+from polling import wait_until
 
 
 def test_result_value_and_error():
@@ -51,7 +52,7 @@ def test_many_threads_waiting_on_one_future_all_wake():
     waiters = [threading.Thread(target=lambda: results.append(future.result(timeout=30))) for _ in range(8)]
     for waiter in waiters:
         waiter.start()
-    time.sleep(0.05)
+    assert wait_until(lambda: future._event is not None, timeout=10)  # waiters block on it
     future.set_result("go")
     for waiter in waiters:
         waiter.join(timeout=30)
@@ -71,7 +72,8 @@ def test_a_pending_task_keeps_few_objects_for_the_garbage_collector(cluster):
     gc.collect()
     before = len(gc.get_objects())
     refs = [pending.remote() for _ in range(2000)]
-    time.sleep(0.5)  # the I/O thread has taken them in
+    submitter = current_session().tasks
+    assert wait_until(lambda: len(submitter.tasks) >= len(refs), timeout=30)  # the I/O thread took them in
     gc.collect()
     per_task = (len(gc.get_objects()) - before) / len(refs)
     for ref in refs:

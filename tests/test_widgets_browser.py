@@ -332,7 +332,19 @@ def drawn_before_shown(x):
     return x
 
 nebula.get([drawn_before_shown.remote(i) for i in range(12)])
-time.sleep(3)   # drawn in the kernel, the node's resource history too""",
+
+def drawn_in_the_kernel():  # the tasks, finished, and the node's resource history
+    document = board.board.layout.document
+    tasks = document.get_model_by_name("task_graph.tasks")
+    node = nebula.get_runtime_context().get_node_id()
+    names_states = list(zip(tasks.data["name"], tasks.data["state"])) if tasks is not None else []
+    return names_states.count(("drawn_before_shown", "finished")) == 12 and \
+        document.get_model_by_name(f"node_resources.history:{node}") is not None
+
+deadline = time.monotonic() + 30
+while not drawn_in_the_kernel():
+    assert time.monotonic() < deadline, "the board never drew the tasks in the kernel"
+    time.sleep(0.1)""",
     "board",
 ]
 

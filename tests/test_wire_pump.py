@@ -13,6 +13,7 @@ import pytest
 
 from nebula import protocol as P
 from nebula import wire
+from polling import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -59,7 +60,7 @@ def test_frames_split_anywhere_arrive_whole_and_in_order(loop):
     early, rest = stream[:5], stream[5:]
     theirs.sendall(early)  # bytes that arrive before run() is called are kept
     conn = on_loop(loop, wire.Connection.adopt(ours, "test"))
-    time.sleep(0.1)
+    assert wait_until(lambda: len(conn._rbuf) == len(early), timeout=10)  # held until run() is called
     got = []
     done = asyncio.run_coroutine_threadsafe(conn.run(got.append), loop)
     rng = random.Random(7)
@@ -70,9 +71,7 @@ def test_frames_split_anywhere_arrive_whole_and_in_order(loop):
         pos += step
         if rng.random() < 0.2:
             time.sleep(0.002)  # separate reads on the other side
-    deadline = time.monotonic() + 20
-    while len(got) < len(sizes) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: len(got) >= len(sizes), timeout=20)
     assert [m.task_id for m in got] == [f"t{i}" for i in range(len(sizes))]
     assert [len(m.args) for m in got] == sizes
     theirs.close()  # EOF ends run()
@@ -99,7 +98,8 @@ def test_send_threadsafe_keeps_every_senders_order_and_loses_nothing(loop):
     for w in workers:
         w.start()
     loop.call_soon_threadsafe(from_loop)
-    time.sleep(0.3)  # nobody reads yet: the socket fills up and later sends queue behind
+    assert wait_until(lambda: not conn.idle(), timeout=10), "the socket never filled"  # nobody reads yet:
+    # later sends queue behind what the socket could not take
     got = read_frames(theirs, threads * per_thread + per_thread)
     for w in workers:
         w.join(10)

@@ -1,9 +1,10 @@
 """The views' one source of data: ``nebula.state`` events, buffered off the delivery thread.
 
-    nebula.state.subscribe(coalesce=True) ──(delivery thread)──► ClusterFeed buffer (bounded, locked)
-                                                        │ poll(), on the thread or loop that owns
-                                                        ▼ the document, every update period
-              (start_over, events): the snapshot as seed events first, then the feed's events
+    nebula.state.subscribe() ──(delivery thread)──► ClusterFeed buffer (bounded, locked)
+                                                   │ poll(), on the thread or loop that owns
+                                                   ▼ the document, every update period
+        (start_over, events): the snapshot as seed events first, then the feed's events since
+        the last poll, each task's folded into one (nebula.state.coalesce)
 
 ``poll()`` follows the process's connection: before ``nebula.init()`` it returns nothing;
 after an init (or a re-init: a new client id) it subscribes, takes a snapshot and says to

@@ -111,9 +111,6 @@ class TaskGraphModel:
         if task is None:
             if self.grouped and event.id in self.group_of:
                 return  # a late event of a task already counted as done
-            if self.grouped and state in DONE and not event.get("deps"):
-                self._count_done(event, state)  # first seen done (its events of a batch folded)
-                return
             task = self._new_task(event)
             if task is None:
                 return
@@ -140,14 +137,22 @@ class TaskGraphModel:
 
     def _changes(self, task: TaskInfo, event, state: str) -> dict:
         changes = {"state": state}
-        if event.state == "RUNNING" or event.get("node") or event.get("worker"):  # also a coalesced run
-            changes.update(self._where(task, event))
-            task.node, task.worker = changes["node"], changes["worker"]
+        if self._note_where(task, event):
+            changes.update(node=task.node, worker=task.worker)
         if state in DONE:
             task.start, task.end, task.error = event.get("start"), event.get("end"), event.get("error") or ""
             changes["duration"] = duration_text(task.start, task.end)
             changes["error"] = task.error
         return changes
+
+    def _note_where(self, task: TaskInfo, event) -> bool:
+        """Record on ``task`` where ``event`` says it runs (a RUNNING event, or an end that
+        carries its run); False when the event does not say."""
+        if event.state != "RUNNING" and not event.get("node") and not event.get("worker"):
+            return False
+        where = self._where(task, event)
+        task.node, task.worker = where["node"], where["worker"]
+        return True
 
     def _where(self, task: TaskInfo, event) -> dict:
         node, worker = event.get("node") or "", event.get("worker") or ""
@@ -228,27 +233,13 @@ class TaskGraphModel:
         return {"key": group.name, "x": group.x, "y": group.y, "name": group.name, "kind": group.kind,
                 **group.row()}
 
-    def _count_done(self, event, state: str) -> None:
-        """A task without arguments first seen done: counted into its group, never kept."""
-        if self.owner is not None and event.get("owner") != self.owner:
-            return
-        task = TaskInfo(event.id, event.get("name") or "?", event.get("actor") or "", [])
-        task.state = state
-        if event.state == "RUNNING" or event.get("node") or event.get("worker"):
-            where = self._where(task, event)
-            task.node, task.worker = where["node"], where["worker"]
-        task.start, task.end, task.error = event.get("start"), event.get("end"), event.get("error") or ""
-        self._join_group(task)
-
     def _group_transition(self, task: TaskInfo, event, state: str) -> None:
         """Move ``task`` between its group's counts (no per-task row, so no per-task text)."""
         group = self.groups[self.group_of[task.id]]
         group.counts[task.state] -= 1
         group.counts[state] += 1
         group.dirty = True
-        if event.state == "RUNNING" or event.get("node") or event.get("worker"):
-            where = self._where(task, event)
-            task.node, task.worker = where["node"], where["worker"]
+        if self._note_where(task, event):
             _remember(group.nodes, task.node)
             _remember(group.workers, task.worker)
         if state in DONE:
