@@ -8,19 +8,25 @@ that crossed processes costs one decoding call and no per-event Python code.
 """
 from __future__ import annotations
 
+from typing import Union
+
 import msgspec
+
+# What an event's data holds: sequences arrive as tuples, which the garbage collector stops
+# tracking, so a data dict without nested dicts is untracked too (a view keeps thousands).
+Value = Union[str, int, float, bool, None, tuple, dict]
 
 
 class Event(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """One state transition: ``kind`` ("task", "object", ...), the thing's ``id``, its new
     ``state``, when (``time``, seconds since the epoch) and the rest as ``data`` (a dict that
-    subscribers share: read it, do not change it)."""
+    subscribers share: read it, do not change it; its sequences are tuples)."""
 
     kind: str
     id: str
     state: str
     time: float
-    data: dict
+    data: dict[str, Value]
 
     def get(self, key: str, default=None):
         return self.data.get(key, default)

@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from nebula.state import Event
+from nebula.state import Event, coalesce
 from nebula.widgets.models import (NodeResourcesModel, ObjectPlacementModel, RowTable, TaskGraphModel,
                                    TimelineModel, Update)
 from nebula.widgets.models.object_placement import CELLS_PER_NODE
@@ -231,6 +231,27 @@ def test_task_graph_groups_by_function_past_the_cap_and_keeps_only_live_tasks():
     [update] = feed(model, browser, [submitted("h0", name="report", deps=[ret("g0")])])
     assert update.stream["tasks"]["key"] == ["report"] and update.stream["tasks"]["x"] == [2]
 
+
+def test_task_graph_counts_tasks_first_seen_ended_into_their_group_as_the_full_path_would():
+    """Once grouped, a task whose events of one period come folded into one ended event is
+    counted straight into its group; its owner's late submission adds no pending task."""
+    def run(model, folded: bool):
+        model.apply([submitted(f"w{i}", name="load") for i in range(3)])  # past the cap: grouped
+        for i in range(6):
+            events = [submitted(f"t{i}", name="load", owner=OTHER if i == 5 else ME),
+                      ev("task", f"t{i}", "FINISHED", 102.0, name="load", node=N2, worker=f"worker{i % 2}",
+                         pid=20 + i % 2, start=1.0, end=1.5 + i)]
+            model.apply(coalesce(events) if folded else events)
+        model.apply([submitted("t0", name="load")])  # the owner's report, come after the end
+        return model.columns()["tasks"]
+
+    folded, stepwise = run(TaskGraphModel(group_after=2), True), run(TaskGraphModel(group_after=2), False)
+    assert folded == stepwise
+    assert folded["counts"] == ["3 waiting for resources · 6 finished"]
+    assert (folded["node"], folded["worker"]) == ([N2[:8]], ["2 workers"])
+    assert folded["duration"] == ["mean 3.00 s"]
+    mine = run(TaskGraphModel(owner=ME, group_after=2), True)
+    assert mine["counts"] == ["3 waiting for resources · 5 finished"]
 
 def test_task_graph_memory_stays_bounded_over_many_tasks():
     model = TaskGraphModel(group_after=100, memory=1000)

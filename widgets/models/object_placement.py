@@ -117,8 +117,8 @@ class ObjectPlacementModel:
                 self._on_object(event)
             elif event.kind == "node":
                 self._on_node(event)
-            elif event.kind == "task" and event.get("name"):
-                self._learn_name(event.id, event.get("name"))
+            elif event.kind == "task" and event.data.get("name"):
+                self._learn_name(event.id, event.data.get("name"))
         trim_all(self.names, self.unnamed)
         self._fade_transfers(time.time() if now is None else now)
         return self._update()

@@ -14,6 +14,8 @@ from __future__ import annotations
 import collections
 import math
 
+import msgspec
+
 from .tasks import (CANCELLED, DONE, FAILED, FINISHED, PENDING, PROGRESS, RUNNING, STATES, WAITING, ActorDirectory,
                     BoundedMap, duration_text, seconds_text, short, task_of_object, trim_all, view_state)
 from .update import RowTable, Update
@@ -28,13 +30,21 @@ TASK_SIZE = 9
 GROUP_STATE_ORDER = (RUNNING, WAITING, PENDING, FAILED, CANCELLED, FINISHED)
 
 
-class TaskInfo:
-    __slots__ = ("id", "name", "state", "actor", "deps", "start", "end", "node", "worker", "error")
+class TaskInfo(msgspec.Struct, gc=False):
+    """A drawn or live task; untracked by the garbage collector (a graph holds thousands, and
+    nothing it refers to refers back)."""
 
-    def __init__(self, task_id: str, name: str, actor: str, deps: list):
-        self.id, self.name, self.actor, self.deps = task_id, name, actor, deps
-        self.state, self.start, self.end = PENDING, None, None
-        self.node = self.worker = self.error = ""
+    id: str
+    name: str
+    actor: str
+    deps: tuple
+    state: str = PENDING
+    start: float | None = None
+    end: float | None = None
+    node: str = ""
+    worker: str = ""
+    error: str = ""
+    group: Group | None = None  # its function's, once the graph is grouped
 
 
 class Group:
@@ -109,11 +119,11 @@ class TaskGraphModel:
             return
         task = self.tasks.get(event.id)
         if task is None:
-            if self.grouped and event.id in self.group_of:
-                return  # a late event of a task already counted as done
-            task = self._new_task(event)
-            if task is None:
-                return
+            if self.grouped and (event.id in self.group_of or (state in DONE and self._count_ended(event, state))):
+                return  # a late event of a task already counted as done, or one counted now
+            task = self._new_task(event, state)
+            if task is None or task.state == state:
+                return  # nothing more to show: a new task, as it is now
         elif PROGRESS[state] < PROGRESS[task.state]:
             return  # stale: it arrived after a later state of the task
         if self.grouped:
@@ -122,12 +132,17 @@ class TaskGraphModel:
             self.table.set(task.id, **self._changes(task, event, state))
         task.state = state
 
-    def _new_task(self, event) -> TaskInfo | None:
-        if self.owner is not None and event.get("owner") != self.owner:
+    def _new_task(self, event, state: str) -> TaskInfo | None:
+        """A task seen for the first time; once grouped, counted in ``state`` when it has not
+        started yet (a task that runs or ended moves there by the general path: where and how
+        long it ran)."""
+        data = event.data
+        if self.owner is not None and data.get("owner") != self.owner:
             return None
-        deps = event.get("deps")
-        deps = list(dict.fromkeys(task_of_object(d) for d in deps)) if deps else []
-        task = TaskInfo(event.id, event.get("name") or "?", event.get("actor") or "", deps)
+        deps = data.get("deps")
+        deps = tuple(dict.fromkeys(task_of_object(d) for d in deps)) if deps else ()
+        start_as = state if self.grouped and state in (PENDING, WAITING) else PENDING
+        task = TaskInfo(event.id, data.get("name") or "?", data.get("actor") or "", deps, start_as)
         self.tasks[task.id] = task
         if self.grouped:
             self._join_group(task)
@@ -140,7 +155,7 @@ class TaskGraphModel:
         if self._note_where(task, event):
             changes.update(node=task.node, worker=task.worker)
         if state in DONE:
-            task.start, task.end, task.error = event.get("start"), event.get("end"), event.get("error") or ""
+            task.start, task.end, task.error = event.data.get("start"), event.data.get("end"), event.data.get("error") or ""
             changes["duration"] = duration_text(task.start, task.end)
             changes["error"] = task.error
         return changes
@@ -148,19 +163,19 @@ class TaskGraphModel:
     def _note_where(self, task: TaskInfo, event) -> bool:
         """Record on ``task`` where ``event`` says it runs (a RUNNING event, or an end that
         carries its run); False when the event does not say."""
-        if event.state != "RUNNING" and not event.get("node") and not event.get("worker"):
+        if event.state != "RUNNING" and not event.data.get("node") and not event.data.get("worker"):
             return False
-        where = self._where(task, event)
-        task.node, task.worker = where["node"], where["worker"]
+        task.node, task.worker = self._where(task, event)
         return True
 
-    def _where(self, task: TaskInfo, event) -> dict:
-        node, worker = event.get("node") or "", event.get("worker") or ""
+    def _where(self, task: TaskInfo, event) -> tuple[str, str]:
+        """(node, worker) as the hover shows them."""
+        node, worker = event.data.get("node") or "", event.data.get("worker") or ""
         if task.actor:
             actor_node, actor_worker = self.actors.where(task.actor)
             node, worker = node or actor_node, worker or actor_worker
-            return {"node": short(node), "worker": f"{short(worker)} ({self.actors.label(task.actor)})"}
-        return {"node": short(node), "worker": short(worker)}
+            return short(node), f"{short(worker)} ({self.actors.label(task.actor)})"
+        return short(node), short(worker)
 
     # ---- one node per task ----------------------------------------------------------------------
 
@@ -202,7 +217,7 @@ class TaskGraphModel:
 
     def _join_group(self, task: TaskInfo) -> None:
         """Count ``task`` (in its current state) into its function's group, made and placed if new."""
-        dep_groups = [self.group_of[d] for d in task.deps if d in self.group_of]
+        dep_groups = [self.group_of[d] for d in task.deps if d in self.group_of] if task.deps else ()
         group = self.groups.get(task.name)
         if group is None:
             depths = [self.groups[g].x for g in dep_groups]
@@ -211,10 +226,12 @@ class TaskGraphModel:
                                                    x, -self.arrivals[x])
             self.arrivals[x] += 1
         self.group_of[task.id] = task.name
+        task.group = group
         group.counts[task.state] += 1
         group.dirty = True
-        _remember(group.nodes, task.node)
-        _remember(group.workers, task.worker)
+        if task.node or task.worker:  # a task counted after it ran (the switch to groups)
+            _remember(group.nodes, task.node)
+            _remember(group.workers, task.worker)
         if task.start and task.end:
             group.took, group.timed = group.took + max(0.0, task.end - task.start), group.timed + 1
         group.error = task.error or group.error
@@ -233,20 +250,47 @@ class TaskGraphModel:
         return {"key": group.name, "x": group.x, "y": group.y, "name": group.name, "kind": group.kind,
                 **group.row()}
 
+    def _count_ended(self, event, state: str) -> bool:
+        """Count a task first seen ended (its events of one period folded into one: the common
+        case at high task rates) straight into its function's group, keeping nothing of it but
+        its group; False where the general path must take it (a new group to place, ObjectRef
+        arguments to draw edges for, an actor call)."""
+        data = event.data
+        if data.get("deps") or data.get("actor"):
+            return False
+        group = self.groups.get(data.get("name") or "?")
+        if group is None:
+            return False
+        if self.owner is not None and data.get("owner") != self.owner:
+            return True
+        self.group_of[event.id] = group.name
+        group.counts[state] += 1
+        group.dirty = True
+        node, worker = data.get("node"), data.get("worker")
+        if node and node[:8] not in group.nodes:
+            _remember(group.nodes, node[:8])
+        if worker and worker[:8] not in group.workers:
+            _remember(group.workers, worker[:8])
+        start, end = data.get("start"), data.get("end")
+        if start and end:
+            group.took, group.timed = group.took + max(0.0, end - start), group.timed + 1
+        group.error = data.get("error") or group.error
+        return True
+
     def _group_transition(self, task: TaskInfo, event, state: str) -> None:
         """Move ``task`` between its group's counts (no per-task row, so no per-task text)."""
-        group = self.groups[self.group_of[task.id]]
+        group = task.group
         group.counts[task.state] -= 1
         group.counts[state] += 1
         group.dirty = True
-        if self._note_where(task, event):
+        if self._note_where(task, event) and (task.node not in group.nodes or task.worker not in group.workers):
             _remember(group.nodes, task.node)
             _remember(group.workers, task.worker)
         if state in DONE:
-            start, end = event.get("start"), event.get("end")
+            start, end = event.data.get("start"), event.data.get("end")
             if start and end:
                 group.took, group.timed = group.took + max(0.0, end - start), group.timed + 1
-            group.error = event.get("error") or group.error
+            group.error = event.data.get("error") or group.error
             self.tasks.pop(task.id, None)
 
     def _refresh_groups(self) -> None:

@@ -27,10 +27,10 @@ FUNCTION_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c5
 def view_state(event) -> str | None:
     """The state a task event puts its task in, as the views name it (None: not a state change).
     A task submitted without ObjectRef arguments has none to wait for: it waits for resources."""
-    if event.state == "SUBMITTED" and not event.get("deps"):
+    if event.state == "SUBMITTED" and not event.data.get("deps"):
         return WAITING
     state = FEED_STATES.get(event.state)
-    if state == FAILED and "TaskCancelledError" in (event.get("error") or ""):
+    if state == FAILED and "TaskCancelledError" in (event.data.get("error") or ""):
         return CANCELLED
     return state
 
@@ -89,8 +89,8 @@ class ActorDirectory:
 
     def apply(self, event) -> None:
         if event.state == "ALIVE" or event.id not in self.actors:
-            self.actors[event.id] = {"node": event.get("node") or "", "worker": event.get("worker") or "",
-                                     "class_name": event.get("class_name") or "", "pid": event.get("pid")}
+            self.actors[event.id] = {"node": event.data.get("node") or "", "worker": event.data.get("worker") or "",
+                                     "class_name": event.data.get("class_name") or "", "pid": event.data.get("pid")}
             self.actors.trim()
 
     def where(self, actor_id: str) -> tuple[str, str]:

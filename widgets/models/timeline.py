@@ -64,11 +64,13 @@ class TimelineModel:
         return {"lanes": list(self.lanes.values())}
 
     def _on_task(self, event) -> None:
-        if event.id not in self.tasks or event.state == "SUBMITTED":
+        task = self.tasks.get(event.id)
+        if task is None or event.state == "SUBMITTED":
             # a task's first event (a coalesced one carries its submission's owner and name too)
-            if self.owner is not None and event.get("owner") != self.owner:
+            data = event.data
+            if self.owner is not None and data.get("owner") != self.owner:
                 return
-            self.tasks[event.id] = (event.get("name") or "?", event.get("actor") or "")
+            task = self.tasks[event.id] = (data.get("name") or "?", data.get("actor") or "")
         if event.state == "SUBMITTED":
             return
         state = view_state(event)
@@ -76,7 +78,7 @@ class TimelineModel:
             if event.id not in self.ended:  # else a stale report, come after the end it preceded
                 self._open_bar(event)
         elif state in DONE:
-            self._close_bar(event, state)
+            self._close_bar(event, state, task)
 
     def _open_bar(self, event) -> None:
         name, actor = self.tasks[event.id]
@@ -89,19 +91,19 @@ class TimelineModel:
                             "end": event.time * 1e3, "name": name, "color": function_color(name),
                             "outline": function_color(name), "alpha": 0.5, "state": "running", "duration": ""})
 
-    def _close_bar(self, event, state: str) -> None:
-        start, end = event.get("start"), event.get("end")
+    def _close_bar(self, event, state: str, task: tuple) -> None:
+        start, end = event.data.get("start"), event.data.get("end")
         self.ended[event.id] = True
         key = self.running.pop(event.id, None)
         if key is None or key not in self.bars:
             if not (start and end):
                 return  # never started (cancelled or failed while queued): nothing ran
-            if state == FINISHED and self._extend_short(event, start, end):
+            if state == FINISHED and end - start < MERGE_BELOW and self._extend_short(event, start, end, task):
                 return
             self._open_bar(event)
             key = self.running.pop(event.id)
             if state == FINISHED and end - start < MERGE_BELOW:
-                self.last_short[self.bars.get(key)["lane"]] = [key, self.tasks[event.id][0], end, 1, end - start]
+                self.last_short[self.bars.get(key)["lane"]] = [key, task[0], end, 1, end - start]
         changes = {"state": state, "alpha": 0.9, "duration": duration_text(start, end)}
         if start and end:
             changes.update(start=start * 1e3, end=end * 1e3)
@@ -109,12 +111,12 @@ class TimelineModel:
             changes["outline"] = FAILED_OUTLINE
         self.bars.set(key, **changes)
 
-    def _extend_short(self, event, start: float, end: float) -> bool:
-        """Add a short finished task to its lane's last short bar, if it ran right after it."""
-        name, actor = self.tasks[event.id]
+    def _extend_short(self, event, start: float, end: float, task: tuple) -> bool:
+        """Add a short finished task (``task``: its name and actor) to its lane's last short
+        bar, if it ran right after it."""
+        name, actor = task
         last = self.last_short.get(self._lane(*self._where(event, actor), actor))
-        if last is None or last[1] != name or end - start >= MERGE_BELOW or \
-                not 0 <= start - last[2] < MERGE_BELOW or last[0] not in self.bars:
+        if last is None or last[1] != name or not 0 <= start - last[2] < MERGE_BELOW or last[0] not in self.bars:
             return False
         last[2], last[3], last[4] = end, last[3] + 1, last[4] + (end - start)
         self._grown[last[0]] = last  # its row is updated once per batch (_draw_grown)
@@ -131,7 +133,7 @@ class TimelineModel:
             self.bars.set(key, end=now * 1e3)
 
     def _where(self, event, actor: str) -> tuple[str, int | None]:
-        node, pid = event.get("node") or "", event.get("pid")
+        node, pid = event.data.get("node") or "", event.data.get("pid")
         if actor:
             info = self.actors.actors.get(actor) or {}
             node, pid = node or info.get("node", ""), pid or info.get("pid")
