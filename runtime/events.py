@@ -2,7 +2,10 @@
 
 Each process records state transitions (tasks, objects, workers, actors, nodes) as ``Event``s
 ``(kind, id, state, time, data)``, ``data`` being a dict of the rest: recording costs one
-untracked struct and one append, and nothing at all while nobody subscribes. The node agent tells every
+untracked struct and one append, and nothing at all while nobody subscribes. The two events
+every task costs, its submission and its run's end, are recorded as rows instead (a tuple
+append) and become Events where they are received (``FeedBatch``): at thousands of tasks a
+second this is most of what the feed costs the processes doing the work. The node agent tells every
 client when someone subscribes (``FeedControl``); only then are batches shipped to it, every
 ``FLUSH_INTERVAL`` seconds, and fanned out to subscribers as ``EventBatch``es.
 
@@ -10,7 +13,7 @@ Each event is recorded where it happens: a task's owner records its submission (
 wait for a worker once its arguments are ready), the worker running it records the run
 (RUNNING only if still running at the next flush, then FINISHED/FAILED with start and end),
 and the owner records the ends no worker reported (a crash, a cancellation). So the driver,
-usually the busiest process, records one event per task.
+usually the busiest process, records one row per task.
 """
 from __future__ import annotations
 
@@ -23,12 +26,12 @@ import time
 import msgspec
 
 from . import protocol as P
-from .state_events import Event, coalesced_records
+from .state_events import Event, FeedBatch, coalesced_records
 
 log = logging.getLogger("nebula.events")
 RING_SIZE = 20000
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(list[Event])
+_decoder = msgspec.msgpack.Decoder(FeedBatch)
 FLUSH_INTERVAL = 0.1
 
 
@@ -38,6 +41,11 @@ class EventRecorder:
     def __init__(self, session):
         self.session = session
         self.ring: collections.deque = collections.deque(maxlen=RING_SIZE)
+        # The two events every task costs, as rows (see FeedBatch): submissions made here and
+        # runs that finished here; ``runner`` is (node, worker, pid) in a worker process.
+        self.submitted: collections.deque = collections.deque(maxlen=RING_SIZE)
+        self.finished: collections.deque = collections.deque(maxlen=RING_SIZE)
+        self.runner: tuple = ("", "", 0)
         self.enabled = False
         self.ship = False  # another process subscribes: send our events to the node
         self._flush_scheduled = False
@@ -63,6 +71,18 @@ class EventRecorder:
             self._flush_scheduled = True
             self.session.post(self._schedule_flush)
 
+    def task_submitted(self, task_id: str, name: str, deps: tuple) -> None:
+        """A submission (hot path: the caller checks ``enabled``); ``deps``: the ObjectRef ids it takes."""
+        self.submitted.append((task_id, name, deps, time.time()))
+        if not self._flush_scheduled:
+            self.flush_soon()
+
+    def run_finished(self, task_id: str, name: str, owner: str, start: float, end: float) -> None:
+        """A task (not an actor call) that ran here and returned (hot path: the caller checks ``enabled``)."""
+        self.finished.append((task_id, name, owner, start, end))
+        if not self._flush_scheduled:
+            self.flush_soon()
+
     def task_ended(self, task_id: str, state: str, name: str, start: float, end: float, error: bytes = b"") -> None:
         """FINISHED or FAILED; a failure carries ``error``, one line naming what was raised."""
         if self.enabled:
@@ -85,11 +105,14 @@ class EventRecorder:
         self._flush_scheduled = False
         for hook in self.flush_hooks:  # events decided only now (what is still running, say)
             hook()
-        if self.ring:
-            batch = list(self.ring)
+        if self.ring or self.submitted or self.finished:
+            batch = FeedBatch(list(self.ring), list(self.submitted), (self.session.client_id, self.session.job_id),
+                              list(self.finished), self.runner)
             self.ring.clear()
+            self.submitted.clear()
+            self.finished.clear()
             if self.ship:
-                self.session.node.send(P.Events(encode_events(batch)))
+                self.session.node.send(P.Events(_encoder.encode(batch)))
             if self.subscribers:
                 self.deliver(batch)
 
@@ -115,7 +138,7 @@ class EventRecorder:
             self.session.send_node(P.Unsubscribe())
 
     def deliver(self, raw_events) -> None:
-        """Recorded events: a list from here, or encoded (bytes) from other processes."""
+        """Recorded events: a FeedBatch from here, or one encoded (bytes) by another process."""
         self._deliveries.put(raw_events)
 
     def _ensure_delivery_thread(self) -> None:
@@ -126,8 +149,7 @@ class EventRecorder:
     def _deliver_loop(self) -> None:
         while True:
             raw, forms = self._deliveries.get(), {}
-            if isinstance(raw, bytes):
-                raw = _decoded(raw)
+            raw = _decoded(raw) if isinstance(raw, bytes) else raw.events()
             forms[False] = raw
             for callback, kinds, coalesce in list(self.subscribers):
                 records = forms.get(coalesce)
@@ -138,18 +160,18 @@ class EventRecorder:
                     _call_safely(callback, batch)
 
 
-def encode_events(events: list) -> bytes:
+def encode_events(events: list[Event]) -> bytes:
     """Events as ``Events``/``EventBatch`` carry them (encoded once, passed on as they are)."""
-    return _encoder.encode(events)
+    return _encoder.encode(FeedBatch(events))
 
 
-def _decoded(raw: bytes) -> list:
+def _decoded(raw: bytes) -> list[Event]:
     try:
-        events = _decoder.decode(raw)
+        batch = _decoder.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:  # a bad batch costs itself only
         log.warning("dropped a state-feed batch that could not be decoded: %s", exc)
         return []
-    return events
+    return batch.events()
 
 
 def error_summary(payload: bytes) -> str:

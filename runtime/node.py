@@ -35,6 +35,7 @@ from .node_actors import ActorDirectory
 from .node_objects import ObjectDirectory
 from .node_resources import thread_limit_env
 from .node_scheduler import LeaseQueue, LeaseRequest, ResourcePool
+from .state_events import Event
 from .store_arena import Arena
 
 log = logging.getLogger("nebula.node")
@@ -672,7 +673,7 @@ class NodeAgent:
         if not self.feed_on():
             return
         fields["node"] = self.node_id
-        self._publish(encode_events([(kind, object_id, state, time.time(), fields)]))
+        self._publish(encode_events([Event(kind, object_id, state, time.time(), fields)]))
 
     def subscribers(self) -> list[Client]:
         return [c for c in self.clients.values() if c.subscribed is not None]

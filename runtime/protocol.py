@@ -265,7 +265,7 @@ class FeedControl(Msg):
 
 
 class Events(Msg):
-    events: bytes  # a msgpack list of (kind, id, state, time, fields): nodes pass it on undecoded
+    events: bytes  # an encoded FeedBatch (state_events.py): nodes pass it on undecoded
 
 
 class EventBatch(Msg):

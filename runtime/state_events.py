@@ -32,6 +32,31 @@ class Event(msgspec.Struct, array_like=True, frozen=True, gc=False):
         return self.data.get(key, default)
 
 
+class FeedBatch(msgspec.Struct, array_like=True, gc=False):
+    """One process's flush, as it crosses to other processes. The two per-task events a
+    short task costs, its submission (owner) and its end (worker), travel as rows: recording
+    one is a tuple append, not an Event and a dict, in the processes that run the workload.
+    ``events()`` turns the rows back into Events where the batch is received, in an order that
+    keeps each task's own: submissions first, the rest as recorded, run ends last."""
+
+    recorded: list[Event] = []
+    submitted: list[tuple[str, str, tuple, float]] = []  # (task id, name, ObjectRef ids it takes, time)
+    submitter: tuple[str, str] = ("", "")                # (owner, job) of every submission
+    finished: list[tuple[str, str, str, float, float]] = []  # (task id, name, owner, start, end)
+    runner: tuple[str, str, int] = ("", "", 0)           # (node, worker, pid) of every run
+
+    def events(self) -> list[Event]:
+        owner, job = self.submitter
+        out = [Event("task", task_id, "SUBMITTED", at, {"name": name, "owner": owner, "job": job, "deps": deps})
+               for task_id, name, deps, at in self.submitted]
+        out += self.recorded
+        node, worker, pid = self.runner
+        out += [Event("task", task_id, "FINISHED", end, {"name": name, "owner": task_owner, "node": node,
+                                                         "worker": worker, "pid": pid, "start": start, "end": end})
+                for task_id, name, task_owner, start, end in self.finished]
+        return out
+
+
 # How far along each task state is. A task's events come from its owner (submitted, waiting)
 # and from the worker that ran it (running, ended) by different paths, so the owner's can
 # arrive after the worker's.

@@ -139,9 +139,7 @@ class TaskSubmitter:
         self.tasks[task.spec.task_id] = task
         events = self.session.events
         if events.enabled:
-            events.add("task", task.spec.task_id, "SUBMITTED", {
-                "name": task.name, "owner": self.session.client_id, "job": self.session.job_id,
-                "deps": tuple(d.hex() for d in task.deps) if task.deps else ()})
+            events.task_submitted(task.spec.task_id, task.name, tuple(d.hex() for d in task.deps) if task.deps else ())
         task.dep_sources = [self.session.readiness(d) for d in task.deps] if task.deps else ()
         waiting = [f for f in task.dep_sources if not f.done()]
         if not waiting:

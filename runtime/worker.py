@@ -51,6 +51,7 @@ class Worker:
         self.actor_gpu_ids: list = []  # the GPUs it holds
         self.env_before: dict = {}  # what a GPU task's CUDA variables replaced (None: unset)
         session.events.flush_hooks.append(self._report_running)
+        session.events.runner = (session.node_id, worker_id, session.pid)
         self.functions: dict[str, object] = {}
         self.inbox: queue.SimpleQueue = session.worker_inbox
         self.current: P.ExecuteTask | None = None
@@ -201,13 +202,17 @@ class Worker:
     def _report_end(self, spec: P.ExecuteTask, result: P.TaskResult) -> None:
         events = self.session.events
         self.unreported.pop(spec.task_id, None)
-        if events.enabled:
+        if not events.enabled:
+            return
+        if not result.error and not spec.actor_id:  # the common case: a row (FeedBatch)
+            events.run_finished(spec.task_id, spec.name, spec.owner, result.start, result.end)
+        else:
             fields = self._where(spec)
             fields.update(start=result.start, end=result.end)
             if result.error:
                 fields["error"] = error_summary(result.error)
             events.add("task", spec.task_id, "FAILED" if result.error else "FINISHED", fields)
-            result.reported = True
+        result.reported = True
 
     def _reply(self, conn: wire.Connection, result: P.TaskResult, spec: P.ExecuteTask | None = None) -> None:
         if spec is not None:

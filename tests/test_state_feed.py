@@ -41,6 +41,12 @@ class Recorder:
         self.events, self.lock = [], threading.Lock()
         self.subscription = nebula.state.subscribe(self._take, **options)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.subscription.close()
+
     def _take(self, batch):
         with self.lock:
             self.events.extend(batch)
@@ -126,3 +132,36 @@ def test_coalescing_keeps_the_furthest_state_whatever_order_the_paths_delivered(
         ("task", "t1", "FINISHED", 2.0), ("node", "n1", "TELEMETRY", 1.7), ("task", "t2", "FINISHED", 3.0)]
     assert folded[0].data == {"worker": "w", "start": 1.5, "end": 2.0, "name": "f", "owner": "me", "deps": ()}
     assert finished.data == {"worker": "w", "start": 1.5, "end": 2.0}  # the originals are not changed
+
+
+@nebula.remote(max_retries=0)
+def raises():
+    raise ValueError("no good")
+
+
+def test_a_run_that_raised_is_reported_failed_by_its_worker_with_the_error(cluster):
+    with Recorder() as recorder:
+        ref = raises.remote()
+        with pytest.raises(ValueError):
+            nebula.get(ref)
+        [failed] = [e for e in recorder.wait_for(ref.task_id(), "FAILED") if e.state == "FAILED"]
+    assert failed.get("error") == "ValueError: no good" and failed.get("name") == "raises"
+    assert failed.get("pid") != os.getpid() and failed.get("worker") and failed.get("start") <= failed.get("end")
+
+
+def test_a_feed_batch_crosses_processes_as_rows_and_arrives_as_events_in_each_tasks_order():
+    """Submissions and run ends travel as rows; the receiver gets the same Events a per-event
+    record would give, submissions first and run ends last, so no task's own order changes."""
+    import msgspec
+    from nebula.state import Event
+    from nebula.state_events import FeedBatch
+    running = Event("task", "t1", "RUNNING", 2.0, {"name": "f", "owner": "me", "node": "n", "worker": "w", "pid": 9})
+    batch = FeedBatch([running], [("t2", "g", ("obj1",), 1.5)], ("me", "job1"),
+                      [("t1", "f", "me", 2.0, 2.5)], ("n", "w", 9))
+    received = msgspec.msgpack.Decoder(FeedBatch).decode(msgspec.msgpack.encode(batch)).events()
+    assert received == batch.events()
+    assert [(e.id, e.state, e.time) for e in received] == [("t2", "SUBMITTED", 1.5), ("t1", "RUNNING", 2.0),
+                                                          ("t1", "FINISHED", 2.5)]
+    assert received[0].data == {"name": "g", "owner": "me", "job": "job1", "deps": ("obj1",)}
+    assert received[2].data == {"name": "f", "owner": "me", "node": "n", "worker": "w", "pid": 9,
+                                "start": 2.0, "end": 2.5}
