@@ -250,8 +250,9 @@ def test_task_graph_counts_tasks_first_seen_ended_into_their_group_as_the_full_p
     assert folded["counts"] == ["3 waiting for resources · 6 finished"]
     assert (folded["node"], folded["worker"]) == ([N2[:8]], ["2 workers"])
     assert folded["duration"] == ["mean 3.00 s"]
-    mine = run(TaskGraphModel(owner=ME, group_after=2), True)
-    assert mine["counts"] == ["3 waiting for resources · 5 finished"]
+    for folded in (True, False):
+        mine = run(TaskGraphModel(owner=ME, group_after=2), folded)
+        assert mine["counts"] == ["3 waiting for resources · 5 finished"]
 
 def test_task_graph_memory_stays_bounded_over_many_tasks():
     model = TaskGraphModel(group_after=100, memory=1000)
@@ -482,6 +483,14 @@ def test_timeline_draws_short_back_to_back_tasks_of_one_function_as_one_bar():
     feed(model, browser, [ev("task", "late", "FINISHED", name="f", owner=ME, node=N2, pid=22,
                              start=100.005, end=100.006)])     # a later tick extends the bar the browser has
     assert model.columns()["tasks"]["duration"][2] == "2 tasks, 2.0 ms busy"
+
+
+def test_timeline_this_notebook_only_merges_the_owners_short_tasks_only():
+    model = TimelineModel(owner=ME)
+    short = [ev("task", f"s{i}", "FINISHED", name="f", owner=ME if i != 1 else OTHER, node=N1, pid=11,
+                start=100.0 + i * 0.002, end=100.0 + i * 0.002 + 0.001) for i in range(4)]
+    model.apply(short, now=200.0)
+    assert model.columns()["tasks"]["duration"] == ["3 tasks, 3.0 ms busy"]
 
 
 def test_task_views_ignore_a_state_that_arrives_after_a_later_one():

@@ -17,7 +17,7 @@ import math
 import msgspec
 
 from .tasks import (CANCELLED, DONE, FAILED, FINISHED, PENDING, PROGRESS, RUNNING, STATES, WAITING, ActorDirectory,
-                    BoundedMap, duration_text, seconds_text, short, task_of_object, trim_all, view_state)
+                    BoundedMap, duration_text, seconds_text, task_of_object, trim_all, view_state)
 from .update import RowTable, Update
 
 NODE_COLUMNS = ("key", "x", "y", "name", "state", "kind", "node", "worker", "duration", "error", "counts",
@@ -119,7 +119,8 @@ class TaskGraphModel:
             return
         task = self.tasks.get(event.id)
         if task is None:
-            if self.grouped and (event.id in self.group_of or (state in DONE and self._count_ended(event, state))):
+            if self.grouped and (event.id in self.group_of or (state in DONE and self._count_ended(event, state))
+                                 or (event.state == "SUBMITTED" and self._count_submitted(event, state))):
                 return  # a late event of a task already counted as done, or one counted now
             task = self._new_task(event, state)
             if task is None or task.state == state:
@@ -163,19 +164,17 @@ class TaskGraphModel:
     def _note_where(self, task: TaskInfo, event) -> bool:
         """Record on ``task`` where ``event`` says it runs (a RUNNING event, or an end that
         carries its run); False when the event does not say."""
-        if event.state != "RUNNING" and not event.data.get("node") and not event.data.get("worker"):
+        data = event.data
+        node, worker = data.get("node") or "", data.get("worker") or ""
+        if not (node or worker or event.state == "RUNNING"):
             return False
-        task.node, task.worker = self._where(task, event)
-        return True
-
-    def _where(self, task: TaskInfo, event) -> tuple[str, str]:
-        """(node, worker) as the hover shows them."""
-        node, worker = event.data.get("node") or "", event.data.get("worker") or ""
-        if task.actor:
+        if task.actor:  # drawn on its actor: where that is, if the event does not say
             actor_node, actor_worker = self.actors.where(task.actor)
             node, worker = node or actor_node, worker or actor_worker
-            return short(node), f"{short(worker)} ({self.actors.label(task.actor)})"
-        return short(node), short(worker)
+            task.node, task.worker = node[:8], f"{worker[:8]} ({self.actors.label(task.actor)})"
+        else:
+            task.node, task.worker = node[:8], worker[:8]
+        return True
 
     # ---- one node per task ----------------------------------------------------------------------
 
@@ -250,17 +249,37 @@ class TaskGraphModel:
         return {"key": group.name, "x": group.x, "y": group.y, "name": group.name, "kind": group.kind,
                 **group.row()}
 
+    def _count_submitted(self, event, state: str) -> bool:
+        """Count a new task of a known group in its first state once grouped (the general path
+        does the same in more steps); False where the general path must take it, as for
+        ``_count_ended``."""
+        group = self._known_group(event)
+        if group is None:
+            return False
+        if self.owner is None or event.data.get("owner") == self.owner:
+            self.tasks[event.id] = TaskInfo(event.id, group.name, "", (), state, group=group)
+            self.group_of[event.id] = group.name
+            group.counts[state] += 1
+            group.dirty = True
+        return True
+
+    def _known_group(self, event) -> Group | None:
+        """The group of ``event``'s task if it has one already and the task takes no ObjectRef
+        arguments and is no actor call (no edges to draw, no actor to look up)."""
+        data = event.data
+        if data.get("deps") or data.get("actor"):
+            return None
+        return self.groups.get(data.get("name") or "?")
+
     def _count_ended(self, event, state: str) -> bool:
         """Count a task first seen ended (its events of one period folded into one: the common
         case at high task rates) straight into its function's group, keeping nothing of it but
         its group; False where the general path must take it (a new group to place, ObjectRef
         arguments to draw edges for, an actor call)."""
-        data = event.data
-        if data.get("deps") or data.get("actor"):
-            return False
-        group = self.groups.get(data.get("name") or "?")
+        group = self._known_group(event)
         if group is None:
             return False
+        data = event.data
         if self.owner is not None and data.get("owner") != self.owner:
             return True
         self.group_of[event.id] = group.name
@@ -279,18 +298,19 @@ class TaskGraphModel:
 
     def _group_transition(self, task: TaskInfo, event, state: str) -> None:
         """Move ``task`` between its group's counts (no per-task row, so no per-task text)."""
-        group = task.group
-        group.counts[task.state] -= 1
-        group.counts[state] += 1
+        group, counts = task.group, task.group.counts
+        counts[task.state] -= 1
+        counts[state] += 1
         group.dirty = True
         if self._note_where(task, event) and (task.node not in group.nodes or task.worker not in group.workers):
             _remember(group.nodes, task.node)
             _remember(group.workers, task.worker)
         if state in DONE:
-            start, end = event.data.get("start"), event.data.get("end")
+            data = event.data
+            start, end = data.get("start"), data.get("end")
             if start and end:
                 group.took, group.timed = group.took + max(0.0, end - start), group.timed + 1
-            group.error = event.data.get("error") or group.error
+            group.error = data.get("error") or group.error
             self.tasks.pop(task.id, None)
 
     def _refresh_groups(self) -> None:
