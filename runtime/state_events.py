@@ -1,10 +1,12 @@
-"""The state feed's record, ``Event``, and the folding of a batch's events of one task into one.
+"""The state feed's record, ``Event``, a process's flush as it travels (``FeedBatch``), and the
+folding of a batch's events of one task into one.
 
 An ``Event`` is a msgspec struct that the garbage collector does not track (``gc=False``):
 a process that subscribes may hold tens of thousands of them between flushes, and tracked
 records would each make Python's collections walk them again. It is encoded as the array
-``[kind, id, state, time, data]`` and decoded straight back into an ``Event``, so a batch
-that crossed processes costs one decoding call and no per-event Python code.
+``[kind, id, state, time, data]`` and decoded straight back into an ``Event``; the two events
+every task costs travel as rows of a ``FeedBatch`` instead and are made into Events by the
+receiver, so that the processes running the tasks pay a tuple append for each.
 """
 from __future__ import annotations
 

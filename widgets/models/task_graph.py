@@ -156,7 +156,8 @@ class TaskGraphModel:
         if self._note_where(task, event):
             changes.update(node=task.node, worker=task.worker)
         if state in DONE:
-            task.start, task.end, task.error = event.data.get("start"), event.data.get("end"), event.data.get("error") or ""
+            data = event.data
+            task.start, task.end, task.error = data.get("start"), data.get("end"), data.get("error") or ""
             changes["duration"] = duration_text(task.start, task.end)
             changes["error"] = task.error
         return changes
