@@ -74,14 +74,12 @@ class EventRecorder:
     def task_submitted(self, task_id: str, name: str, deps: tuple) -> None:
         """A submission (hot path: the caller checks ``enabled``); ``deps``: the ObjectRef ids it takes."""
         self.submitted.append((task_id, name, deps, time.time()))
-        if not self._flush_scheduled:
-            self.flush_soon()
+        self.flush_soon()
 
     def run_finished(self, task_id: str, name: str, owner: str, start: float, end: float) -> None:
         """A task (not an actor call) that ran here and returned (hot path: the caller checks ``enabled``)."""
         self.finished.append((task_id, name, owner, start, end))
-        if not self._flush_scheduled:
-            self.flush_soon()
+        self.flush_soon()
 
     def task_ended(self, task_id: str, state: str, name: str, start: float, end: float, error: bytes = b"") -> None:
         """FINISHED or FAILED; a failure carries ``error``, one line naming what was raised."""

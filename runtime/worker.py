@@ -178,8 +178,8 @@ class Worker:
     # ---- the state feed: a task's run is reported where it runs ---------------------------------
 
     def _where(self, spec: P.ExecuteTask) -> dict:
-        fields = {"name": spec.name, "owner": spec.owner, "node": self.session.node_id, "worker": self.worker_id,
-                  "pid": self.session.pid}
+        node, worker, pid = self.session.events.runner
+        fields = {"name": spec.name, "owner": spec.owner, "node": node, "worker": worker, "pid": pid}
         if spec.actor_id:
             fields["actor"] = spec.actor_id
         return fields

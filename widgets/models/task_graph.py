@@ -60,6 +60,19 @@ class Group:
         self.workers: set = set()
         self.dirty = True
 
+    def ran_on(self, node: str, worker: str) -> None:
+        """Note where one of its tasks runs (as the hover shows it; up to 64 of each)."""
+        if node not in self.nodes:
+            _remember(self.nodes, node)
+        if worker not in self.workers:
+            _remember(self.workers, worker)
+
+    def ended(self, start: float | None, end: float | None, error: str | None) -> None:
+        """Take one ended run: its time into the mean (when known), its error if any."""
+        if start and end:
+            self.took, self.timed = self.took + max(0.0, end - start), self.timed + 1
+        self.error = error or self.error
+
     def row(self) -> dict:
         total = sum(self.counts.values())
         state = next((s for s in GROUP_STATE_ORDER if self.counts[s]), PENDING)
@@ -119,8 +132,7 @@ class TaskGraphModel:
             return
         task = self.tasks.get(event.id)
         if task is None:
-            if self.grouped and (event.id in self.group_of or (state in DONE and self._count_ended(event, state))
-                                 or (event.state == "SUBMITTED" and self._count_submitted(event, state))):
+            if self.grouped and (event.id in self.group_of or (state in DONE and self._count_ended(event, state))):
                 return  # a late event of a task already counted as done, or one counted now
             task = self._new_task(event, state)
             if task is None or task.state == state:
@@ -230,11 +242,9 @@ class TaskGraphModel:
         group.counts[task.state] += 1
         group.dirty = True
         if task.node or task.worker:  # a task counted after it ran (the switch to groups)
-            _remember(group.nodes, task.node)
-            _remember(group.workers, task.worker)
-        if task.start and task.end:
-            group.took, group.timed = group.took + max(0.0, task.end - task.start), group.timed + 1
-        group.error = task.error or group.error
+            group.ran_on(task.node, task.worker)
+        if task.start or task.error:
+            group.ended(task.start, task.end, task.error)
         for source in dep_groups:
             self._group_edge(self.groups[source], group)
 
@@ -250,51 +260,22 @@ class TaskGraphModel:
         return {"key": group.name, "x": group.x, "y": group.y, "name": group.name, "kind": group.kind,
                 **group.row()}
 
-    def _count_submitted(self, event, state: str) -> bool:
-        """Count a new task of a known group in its first state once grouped (the general path
-        does the same in more steps); False where the general path must take it, as for
-        ``_count_ended``."""
-        group = self._known_group(event)
-        if group is None:
-            return False
-        if self.owner is None or event.data.get("owner") == self.owner:
-            self.tasks[event.id] = TaskInfo(event.id, group.name, "", (), state, group=group)
-            self.group_of[event.id] = group.name
-            group.counts[state] += 1
-            group.dirty = True
-        return True
-
-    def _known_group(self, event) -> Group | None:
-        """The group of ``event``'s task if it has one already and the task takes no ObjectRef
-        arguments and is no actor call (no edges to draw, no actor to look up)."""
-        data = event.data
-        if data.get("deps") or data.get("actor"):
-            return None
-        return self.groups.get(data.get("name") or "?")
-
     def _count_ended(self, event, state: str) -> bool:
         """Count a task first seen ended (its events of one period folded into one: the common
         case at high task rates) straight into its function's group, keeping nothing of it but
         its group; False where the general path must take it (a new group to place, ObjectRef
         arguments to draw edges for, an actor call)."""
-        group = self._known_group(event)
+        data = event.data
+        group = None if data.get("deps") or data.get("actor") else self.groups.get(data.get("name") or "?")
         if group is None:
             return False
-        data = event.data
         if self.owner is not None and data.get("owner") != self.owner:
             return True
         self.group_of[event.id] = group.name
         group.counts[state] += 1
         group.dirty = True
-        node, worker = data.get("node"), data.get("worker")
-        if node and node[:8] not in group.nodes:
-            _remember(group.nodes, node[:8])
-        if worker and worker[:8] not in group.workers:
-            _remember(group.workers, worker[:8])
-        start, end = data.get("start"), data.get("end")
-        if start and end:
-            group.took, group.timed = group.took + max(0.0, end - start), group.timed + 1
-        group.error = data.get("error") or group.error
+        group.ran_on((data.get("node") or "")[:8], (data.get("worker") or "")[:8])
+        group.ended(data.get("start"), data.get("end"), data.get("error"))
         return True
 
     def _group_transition(self, task: TaskInfo, event, state: str) -> None:
@@ -303,15 +284,11 @@ class TaskGraphModel:
         counts[task.state] -= 1
         counts[state] += 1
         group.dirty = True
-        if self._note_where(task, event) and (task.node not in group.nodes or task.worker not in group.workers):
-            _remember(group.nodes, task.node)
-            _remember(group.workers, task.worker)
+        if self._note_where(task, event):
+            group.ran_on(task.node, task.worker)
         if state in DONE:
             data = event.data
-            start, end = data.get("start"), data.get("end")
-            if start and end:
-                group.took, group.timed = group.took + max(0.0, end - start), group.timed + 1
-            group.error = data.get("error") or group.error
+            group.ended(data.get("start"), data.get("end"), data.get("error"))
             self.tasks.pop(task.id, None)
 
     def _refresh_groups(self) -> None:

@@ -64,8 +64,6 @@ class TimelineModel:
         return {"lanes": list(self.lanes.values())}
 
     def _on_task(self, event) -> None:
-        if event.state == "FINISHED" and event.id not in self.running and self._merged(event):
-            return
         task = self.tasks.get(event.id)
         if task is None or event.state == "SUBMITTED":
             # a task's first event (a coalesced one carries its submission's owner and name too)
@@ -113,34 +111,11 @@ class TimelineModel:
             changes["outline"] = FAILED_OUTLINE
         self.bars.set(key, **changes)
 
-    def _merged(self, event) -> bool:
-        """The common case at high task rates, taken in one step: a short task of a function
-        (not an actor call) that no bar shows running, which ran right after the last short
-        bar of its lane; True once it is added to that bar (or left out: another owner's)."""
-        data = event.data
-        task = self.tasks.get(event.id)
-        if task is None:
-            if self.owner is not None and data.get("owner") != self.owner:
-                return True
-            task = (data.get("name") or "?", data.get("actor") or "")
-        start, end = data.get("start"), data.get("end")
-        if task[1] or not (start and end) or end - start >= MERGE_BELOW:
-            return False
-        if not self._grow_last(self.lanes.get((data.get("node") or "", data.get("pid"))), task[0], start, end):
-            return False
-        self.tasks[event.id] = task
-        self.ended[event.id] = True
-        return True
-
     def _extend_short(self, event, start: float, end: float, task: tuple) -> bool:
         """Add a short finished task (``task``: its name and actor) to its lane's last short
         bar, if it ran right after it."""
         name, actor = task
-        return self._grow_last(self._lane(*self._where(event, actor), actor), name, start, end)
-
-    def _grow_last(self, lane: str | None, name: str, start: float, end: float) -> bool:
-        """Extend ``lane``'s last short bar by a run of ``name`` that began right after it."""
-        last = self.last_short.get(lane) if lane is not None else None
+        last = self.last_short.get(self._lane(*self._where(event, actor), actor))
         if last is None or last[1] != name or not 0 <= start - last[2] < MERGE_BELOW or last[0] not in self.bars:
             return False
         last[2], last[3], last[4] = end, last[3] + 1, last[4] + (end - start)
