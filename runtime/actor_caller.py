@@ -206,7 +206,7 @@ class ActorCaller:
             self.session.events.task_ended(call.spec.task_id, state, call.spec.name, msg.start, msg.end,
                                            msg.error)
         self.session.task_finished(call.spec.task_id, call.spec.name, state, msg.start, msg.end,
-                                   (self.session.node_id, 0))
+                                   (self.session.node_id, "", 0))
 
     def _fail_call(self, call: ActorCall, channel: ActorChannel, detail: str = "") -> None:
         from .session import encode_system_error

@@ -3,17 +3,19 @@
 Each process records state transitions (tasks, objects, workers, actors, nodes) as ``Event``s
 ``(kind, id, state, time, data)``, ``data`` being a dict of the rest: recording costs one
 untracked struct and one append, and nothing at all while nobody subscribes. The two events
-every task costs, its submission and its run's end, are recorded as rows instead (a tuple
-append) and become Events where they are received (``FeedBatch``): at thousands of tasks a
-second this is most of what the feed costs the processes doing the work. The node agent tells every
+every task costs, its submission and its end, are recorded by its owner as rows instead (a
+tuple append) and become Events where they are received (``FeedBatch``): at thousands of tasks
+a second this is most of what the feed costs the processes doing the work. The node agent tells every
 client when someone subscribes (``FeedControl``); only then are batches shipped to it, every
 ``FLUSH_INTERVAL`` seconds, and fanned out to subscribers as ``EventBatch``es.
 
-Each event is recorded where it happens: a task's owner records its submission (and its
-wait for a worker once its arguments are ready), the worker running it records the run
-(RUNNING only if still running at the next flush, then FINISHED/FAILED with start and end),
-and the owner records the ends no worker reported (a crash, a cancellation). So the driver,
-usually the busiest process, records one row per task.
+Each event is recorded where it is known first: a task's owner records its submission (and
+its wait for a worker once its arguments are ready) and its end, which the result brings with
+the run's start and end (the owner holds the lease, so it knows the node, worker and pid); the
+worker running it records RUNNING, only for a run still going at its next flush. An actor's
+worker records the calls it ran (start, end, error), the caller the calls that ended without
+it (the actor died). So the driver records two rows per task, and a worker running short tasks
+records nothing.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import time
 import msgspec
 
 from . import protocol as P
-from .state_events import Event, FeedBatch, coalesced_records
+from .state_events import Event, FeedBatch
 
 log = logging.getLogger("nebula.events")
 RING_SIZE = 20000
@@ -42,10 +44,9 @@ class EventRecorder:
         self.session = session
         self.ring: collections.deque = collections.deque(maxlen=RING_SIZE)
         # The two events every task costs, as rows (see FeedBatch): submissions made here and
-        # runs that finished here; ``runner`` is (node, worker, pid) in a worker process.
+        # the ends of the tasks submitted here.
         self.submitted: collections.deque = collections.deque(maxlen=RING_SIZE)
         self.finished: collections.deque = collections.deque(maxlen=RING_SIZE)
-        self.runner: tuple = ("", "", 0)
         self.enabled = False
         self.ship = False  # another process subscribes: send our events to the node
         self._flush_scheduled = False
@@ -76,15 +77,20 @@ class EventRecorder:
         self.submitted.append((task_id, name, deps, time.time()))
         self.flush_soon()
 
-    def run_finished(self, task_id: str, name: str, owner: str, start: float, end: float) -> None:
-        """A task (not an actor call) that ran here and returned (hot path: the caller checks ``enabled``)."""
-        self.finished.append((task_id, name, owner, start, end))
+    def task_returned(self, task_id: str, name: str, start: float, end: float, where: tuple) -> None:
+        """A task submitted here (not an actor call) that returned; ``where``: (node, worker,
+        pid) of its run (hot path: the caller checks ``enabled``)."""
+        self.finished.append((task_id, name, start, end) + where)
         self.flush_soon()
 
-    def task_ended(self, task_id: str, state: str, name: str, start: float, end: float, error: bytes = b"") -> None:
-        """FINISHED or FAILED; a failure carries ``error``, one line naming what was raised."""
+    def task_ended(self, task_id: str, state: str, name: str, start: float, end: float, error: bytes = b"",
+                   where: tuple = ()) -> None:
+        """FINISHED or FAILED; a failure carries ``error``, one line naming what was raised;
+        ``where``, if the run got that far: its (node, worker, pid)."""
         if self.enabled:
-            fields = {"name": name, "start": start, "end": end}
+            fields = {"name": name, "owner": self.session.client_id, "start": start, "end": end}
+            if where:
+                fields.update(node=where[0], worker=where[1], pid=where[2])
             if error:
                 fields["error"] = error_summary(error)
             self.add("task", task_id, state, fields)
@@ -105,7 +111,7 @@ class EventRecorder:
             hook()
         if self.ring or self.submitted or self.finished:
             batch = FeedBatch(list(self.ring), list(self.submitted), (self.session.client_id, self.session.job_id),
-                              list(self.finished), self.runner)
+                              list(self.finished))
             self.ring.clear()
             self.submitted.clear()
             self.finished.clear()
@@ -147,15 +153,14 @@ class EventRecorder:
     def _deliver_loop(self) -> None:
         while True:
             raw, forms = self._deliveries.get(), {}
-            raw = _decoded(raw) if isinstance(raw, bytes) else raw.events()
-            forms[False] = raw
+            batch = _decoded(raw) if isinstance(raw, bytes) else raw
             for callback, kinds, coalesce in list(self.subscribers):
                 records = forms.get(coalesce)
-                if records is None:
-                    records = forms[coalesce] = coalesced_records(raw)
-                batch = records if kinds is None else [r for r in records if r.kind in kinds]
-                if batch:
-                    _call_safely(callback, batch)
+                if records is None:  # each form made once, for all who take it
+                    records = forms[coalesce] = batch.coalesced() if coalesce else batch.events()
+                records = records if kinds is None else [r for r in records if r.kind in kinds]
+                if records:
+                    _call_safely(callback, records)
 
 
 def encode_events(events: list[Event]) -> bytes:
@@ -163,13 +168,12 @@ def encode_events(events: list[Event]) -> bytes:
     return _encoder.encode(FeedBatch(events))
 
 
-def _decoded(raw: bytes) -> list[Event]:
+def _decoded(raw: bytes) -> FeedBatch:
     try:
-        batch = _decoder.decode(raw)
+        return _decoder.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:  # a bad batch costs itself only
         log.warning("dropped a state-feed batch that could not be decoded: %s", exc)
-        return []
-    return batch.events()
+        return FeedBatch()
 
 
 def error_summary(payload: bytes) -> str:

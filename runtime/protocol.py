@@ -322,7 +322,7 @@ class TaskResult(Msg):
     error: bytes = b""
     start: float = 0.0
     end: float = 0.0
-    reported: bool = False  # the worker put the task's end in the state feed (the owner need not)
+    reported: bool = False  # an actor's worker put the call's end in the state feed (the caller need not)
 
 
 class CancelTask(Msg):

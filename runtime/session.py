@@ -45,6 +45,7 @@ log = logging.getLogger("nebula.session")
 
 INLINE_LIMIT = 100 * 1024
 RELAY_CHUNK = 4 * 2**20
+NOWHERE = ("", "", 0)  # the (node, worker, pid) of a task that never ran
 _session: "Session | None" = None
 _session_lock = threading.RLock()
 
@@ -589,8 +590,9 @@ class Session:
         output.deliver(self.task_contexts.get(msg.task_id), msg.prefix, msg.stream, msg.lines)
 
     def task_finished(self, task_id: str, name: str, state: str, start: float, end: float, where: tuple) -> None:
+        """Log a task's end; ``where``: (node, worker, pid) of its run, () if it never ran."""
         self.task_contexts.pop(task_id, None)
-        self.task_log.append((task_id, name, state, start, end) + where)
+        self.task_log.append((task_id, name, state, start, end) + (where or NOWHERE))
 
     def blocked_in_get(self):
         return _BlockedInGet(self)

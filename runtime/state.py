@@ -65,7 +65,8 @@ def _task_records(session) -> list[dict]:
     live = [{"task_id": t.spec.task_id, "name": t.name,
              "state": "RUNNING" if t.lease is not None else "PENDING"}
             for t in list(session.tasks.tasks.values())]
-    done = [{"task_id": r[0], "name": r[1], "state": r[2], "start": r[3], "end": r[4], "node": r[5], "pid": r[6]}
+    done = [{"task_id": r[0], "name": r[1], "state": r[2], "start": r[3], "end": r[4], "node": r[5], "worker": r[6],
+             "pid": r[7]}
             for r in list(session.task_log)[-1000:]]
     return live + done
 
@@ -122,6 +123,6 @@ def timeline(filename: str | None = None):
 
 
 def _trace_event(record) -> dict:
-    task_id, name, state, start, end, node, pid = record
+    task_id, name, state, start, end, node, _, pid = record
     return {"name": name, "cat": "task", "ph": "X", "ts": start * 1e6, "dur": max(0.0, end - start) * 1e6,
             "pid": f"node {node[:8]}", "tid": f"worker {pid}", "args": {"task_id": task_id, "state": state}}

@@ -49,7 +49,7 @@ class PendingTask:
         self.shape, self.env, self.strategy = shape, options.runtime_env, strategy
         self.name = spec.name
         self.dep_sources: list | tuple = ()
-        self.where = ("", 0)
+        self.where = ()  # (node, worker, pid) of its last run, once a worker took it
 
 
 class WorkerLink:
@@ -323,11 +323,11 @@ class TaskSubmitter:
         lease = task.lease
         lease.in_flight.pop(msg.task_id, None)
         task.lease = None
-        task.where = (lease.node_id, lease.pid)
         self._note_duration(task, msg)
         if msg.error and self._retry_on_error(task, msg.error):
             self._enqueue(task)
         else:
+            task.where = (lease.node_id, lease.worker_id, lease.pid)
             self._finish(task, msg)
         self._pump(lease.key)
 
@@ -354,8 +354,12 @@ class TaskSubmitter:
         if not msg.error:
             self._remember_lineage(task, msg.returns)
         state = "FAILED" if msg.error else "FINISHED"
-        if not msg.reported:  # the worker reports the runs it finished; the owner what ended otherwise
-            self.session.events.task_ended(msg.task_id, state, task.name, msg.start, msg.end, msg.error)
+        events = self.session.events
+        if events.enabled:  # the owner reports its tasks' ends: the result says when, the lease where
+            if state == "FINISHED" and task.where:
+                events.task_returned(msg.task_id, task.name, msg.start, msg.end, task.where)
+            else:
+                events.task_ended(msg.task_id, state, task.name, msg.start, msg.end, msg.error, task.where)
         self.session.task_finished(msg.task_id, task.name, state, msg.start, msg.end, task.where)
 
     # ---- lineage: rebuilding objects lost with a node --------------------------------------

@@ -51,7 +51,7 @@ class Worker:
         self.actor_gpu_ids: list = []  # the GPUs it holds
         self.env_before: dict = {}  # what a GPU task's CUDA variables replaced (None: unset)
         session.events.flush_hooks.append(self._report_running)
-        session.events.runner = (session.node_id, worker_id, session.pid)
+        self.runner = (session.node_id, worker_id, session.pid)  # where the feed says a run was
         self.functions: dict[str, object] = {}
         self.inbox: queue.SimpleQueue = session.worker_inbox
         self.current: P.ExecuteTask | None = None
@@ -175,10 +175,10 @@ class Worker:
             _set_env(self.env_before)
             self.env_before = {}
 
-    # ---- the state feed: a task's run is reported where it runs ---------------------------------
+    # ---- the state feed: a run still going, and an actor's calls, are reported here -----------
 
     def _where(self, spec: P.ExecuteTask) -> dict:
-        node, worker, pid = self.session.events.runner
+        node, worker, pid = self.runner
         fields = {"name": spec.name, "owner": spec.owner, "node": node, "worker": worker, "pid": pid}
         if spec.actor_id:
             fields["actor"] = spec.actor_id
@@ -200,18 +200,16 @@ class Worker:
                 self.session.events.add("task", task_id, "RUNNING", self._where(started[0]), at=started[1])
 
     def _report_end(self, spec: P.ExecuteTask, result: P.TaskResult) -> None:
+        """An actor call's end (a task's is reported by its owner, which the result reaches)."""
         events = self.session.events
         self.unreported.pop(spec.task_id, None)
-        if not events.enabled:
+        if not (events.enabled and spec.actor_id):
             return
-        if not result.error and not spec.actor_id:  # the common case: a row (FeedBatch)
-            events.run_finished(spec.task_id, spec.name, spec.owner, result.start, result.end)
-        else:
-            fields = self._where(spec)
-            fields.update(start=result.start, end=result.end)
-            if result.error:
-                fields["error"] = error_summary(result.error)
-            events.add("task", spec.task_id, "FAILED" if result.error else "FINISHED", fields)
+        fields = self._where(spec)
+        fields.update(start=result.start, end=result.end)
+        if result.error:
+            fields["error"] = error_summary(result.error)
+        events.add("task", spec.task_id, "FAILED" if result.error else "FINISHED", fields)
         result.reported = True
 
     def _reply(self, conn: wire.Connection, result: P.TaskResult, spec: P.ExecuteTask | None = None) -> None:

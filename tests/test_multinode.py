@@ -283,6 +283,6 @@ def test_the_state_feed_spans_every_node():
                 assert time.monotonic() < deadline, f"no telemetry from both nodes: {seen}"
                 time.sleep(0.2)
         assert seen[("object", "SEALED", other)] >= 3  # results stored on the other node
-        assert seen[("task", "FINISHED", other)] == 3  # reported by the workers there, that ran them
+        assert seen[("task", "FINISHED", other)] == 3  # where they ran: the node their owner's leases named
     finally:
         nebula.shutdown()

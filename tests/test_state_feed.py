@@ -1,9 +1,9 @@
 """The state feed's task events on a real cluster: who reports what, and what each carries.
 
 The owner reports a task's submission (and a wait for a worker once its arguments are
-ready); the worker reports the run: RUNNING only for a run still going at its next flush,
-then FINISHED or FAILED with the run's start, end and place. What ends without a worker's
-report (a crash, a cancellation) the owner reports.
+ready) and its end, FINISHED or FAILED with the run's start, end and place, which the result
+and the lease tell it; the worker reports RUNNING, only for a run still going at its next
+flush. What ends without a run (a crash, a cancellation) the owner reports too.
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ class Recorder:
         return self.of(task_id)
 
 
-def test_a_short_task_is_reported_by_its_owner_and_its_worker(cluster):
+def test_a_short_task_is_reported_by_its_owner_with_where_it_ran(cluster):
     recorder = Recorder()
     try:
         ref = quick.remote(nebula.put(7))
@@ -84,7 +84,7 @@ def test_a_long_task_is_reported_running_with_its_start(cluster):
         ref = slow.remote(0.6)
         running = recorder.wait_for(ref.task_id(), "RUNNING")
         [event] = [e for e in running if e.state == "RUNNING"]
-        assert event.get("pid") and event.get("node")
+        assert event.get("pid") and event.get("node") and event.get("owner") == nebula.get_runtime_context().get_worker_id()
         nebula.get(ref)
         [done] = [e for e in recorder.wait_for(ref.task_id(), "FINISHED") if e.state == "FINISHED"]
         assert event.time == pytest.approx(done.get("start"), abs=0.05)
@@ -92,7 +92,7 @@ def test_a_long_task_is_reported_running_with_its_start(cluster):
         recorder.subscription.close()
 
 
-def test_a_run_that_ends_without_its_worker_is_reported_by_the_owner(cluster):
+def test_a_run_that_ends_without_its_worker_is_reported_failed(cluster):
     recorder = Recorder()
     try:
         ref = crash.remote()
@@ -100,6 +100,7 @@ def test_a_run_that_ends_without_its_worker_is_reported_by_the_owner(cluster):
             nebula.get(ref)
         [failed] = [e for e in recorder.wait_for(ref.task_id(), "FAILED") if e.state == "FAILED"]
         assert "WorkerCrashedError" in failed.get("error")
+        assert failed.get("owner") == nebula.get_runtime_context().get_worker_id()
     finally:
         recorder.subscription.close()
 
@@ -121,7 +122,8 @@ def test_a_coalescing_subscriber_gets_one_event_per_task_per_batch(cluster):
 
 
 def test_coalescing_keeps_the_furthest_state_whatever_order_the_paths_delivered():
-    """The owner's SUBMITTED can arrive after the worker's FINISHED: folding keeps FINISHED."""
+    """One path's events can arrive after the other's (a worker's RUNNING after the owner's
+    FINISHED, an actor's call ended before its caller's SUBMITTED): folding keeps the furthest."""
     from nebula.state import Event, coalesce
     finished = Event("task", "t1", "FINISHED", 2.0, {"worker": "w", "start": 1.5, "end": 2.0})
     submitted = Event("task", "t1", "SUBMITTED", 1.0, {"name": "f", "owner": "me", "deps": ()})
@@ -139,25 +141,26 @@ def raises():
     raise ValueError("no good")
 
 
-def test_a_run_that_raised_is_reported_failed_by_its_worker_with_the_error(cluster):
+def test_a_run_that_raised_is_reported_failed_with_the_error_and_where_it_ran(cluster):
     with Recorder() as recorder:
         ref = raises.remote()
         with pytest.raises(ValueError):
             nebula.get(ref)
         [failed] = [e for e in recorder.wait_for(ref.task_id(), "FAILED") if e.state == "FAILED"]
     assert failed.get("error") == "ValueError: no good" and failed.get("name") == "raises"
+    assert failed.get("owner") == nebula.get_runtime_context().get_worker_id()
     assert failed.get("pid") != os.getpid() and failed.get("worker") and failed.get("start") <= failed.get("end")
+    assert failed.get("node") == nebula.get_runtime_context().get_node_id()
 
 
 def test_a_feed_batch_crosses_processes_as_rows_and_arrives_as_events_in_each_tasks_order():
-    """Submissions and run ends travel as rows; the receiver gets the same Events a per-event
-    record would give, submissions first and run ends last, so no task's own order changes."""
+    """Submissions and ends travel as rows; the receiver gets the same Events a per-event
+    record would give, submissions first and ends last, so no task's own order changes."""
     import msgspec
     from nebula.state import Event
     from nebula.state_events import FeedBatch
     running = Event("task", "t1", "RUNNING", 2.0, {"name": "f", "owner": "me", "node": "n", "worker": "w", "pid": 9})
-    batch = FeedBatch([running], [("t2", "g", ("obj1",), 1.5)], ("me", "job1"),
-                      [("t1", "f", "me", 2.0, 2.5)], ("n", "w", 9))
+    batch = FeedBatch([running], [("t2", "g", ("obj1",), 1.5)], ("me", "job1"), [("t1", "f", 2.0, 2.5, "n", "w", 9)])
     received = msgspec.msgpack.Decoder(FeedBatch).decode(msgspec.msgpack.encode(batch)).events()
     assert received == batch.events()
     assert [(e.id, e.state, e.time) for e in received] == [("t2", "SUBMITTED", 1.5), ("t1", "RUNNING", 2.0),
@@ -165,3 +168,23 @@ def test_a_feed_batch_crosses_processes_as_rows_and_arrives_as_events_in_each_ta
     assert received[0].data == {"name": "g", "owner": "me", "job": "job1", "deps": ("obj1",)}
     assert received[2].data == {"name": "f", "owner": "me", "node": "n", "worker": "w", "pid": 9,
                                 "start": 2.0, "end": 2.5}
+
+
+def test_a_batch_coalesced_from_its_rows_equals_its_events_coalesced():
+    """``FeedBatch.coalesced()`` makes one Event for a task submitted and finished within the
+    batch; whatever the mix, it must equal folding the batch's events one by one."""
+    import random
+    from nebula.state import Event, coalesce
+    from nebula.state_events import FeedBatch
+    rng = random.Random(7)
+    for _ in range(300):
+        ids = [f"t{i}" for i in range(rng.randint(1, 6))]
+        submitted = [(t, "f", (f"o{t}",) if rng.random() < 0.3 else (), 1.0 + i) for i, t in enumerate(ids)
+                     if rng.random() < 0.8]
+        submitted += rng.sample(submitted, k=min(len(submitted), rng.randint(0, 1)))  # a resubmission
+        finished = [(t, "f", 2.0, 3.0 + i, "n", "w", 9) for i, t in enumerate(ids) if rng.random() < 0.7]
+        recorded = [Event("task", rng.choice(ids), rng.choice(["PENDING_NODE", "RUNNING", "FAILED"]), 1.5,
+                          {"name": "f", "error": "x"}) for _ in range(rng.randint(0, 2))]
+        recorded += [Event("object", "o1", "SEALED", 1.2, {"size": 8})] if rng.random() < 0.3 else []
+        batch = FeedBatch(recorded, submitted, ("me", "job1"), finished)
+        assert batch.coalesced() == coalesce(batch.events()), batch

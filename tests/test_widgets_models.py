@@ -36,13 +36,13 @@ def submitted(task_id, name="f", owner=ME, deps=(), actor=None, t=100.0):
     return ev("task", task_id, "SUBMITTED", t, name=name, owner=owner, job="1", deps=list(deps), **extra)
 
 
-def running(task_id, name="f", node=N1, worker="w1", pid=11, t=101.0):
-    return ev("task", task_id, "RUNNING", t, name=name, node=node, worker=worker, pid=pid)
+def running(task_id, name="f", node=N1, worker="w1", pid=11, t=101.0, owner=ME):
+    return ev("task", task_id, "RUNNING", t, name=name, owner=owner, node=node, worker=worker, pid=pid)
 
 
-def finished(task_id, name="f", start=101.0, end=101.5, state="FINISHED", error=None, t=102.0):
+def finished(task_id, name="f", start=101.0, end=101.5, state="FINISHED", error=None, t=102.0, owner=ME):
     extra = {"error": error} if error else {}
-    return ev("task", task_id, state, t, name=name, start=start, end=end, **extra)
+    return ev("task", task_id, state, t, name=name, owner=owner, start=start, end=end, **extra)
 
 
 class BrowserCopy:
@@ -206,7 +206,7 @@ def test_task_graph_marks_actor_calls_and_places_them_on_the_actor():
 
 def test_task_graph_this_notebook_only_keeps_the_owners_tasks():
     model = TaskGraphModel(owner=ME)
-    model.apply([submitted("a"), submitted("b", owner=OTHER), running("b"), running("z")])
+    model.apply([submitted("a"), submitted("b", owner=OTHER), running("b", owner=OTHER), running("z", owner=OTHER)])
     assert model.columns()["tasks"]["key"] == ["a"]
 
 
@@ -462,7 +462,8 @@ def test_timeline_rolls_over_and_stays_equal_to_the_browser_copy():
 
 def test_timeline_this_notebook_only_keeps_the_owners_tasks():
     model = TimelineModel(owner=ME)
-    model.apply([submitted("a"), running("a"), submitted("b", owner=OTHER), running("b"), running("x")], now=200.0)
+    model.apply([submitted("a"), running("a"), submitted("b", owner=OTHER), running("b", owner=OTHER),
+                 running("x", owner=OTHER), finished("x", owner=OTHER)], now=200.0)
     assert model.columns()["tasks"]["key"] == ["a:0"]
 
 
@@ -497,7 +498,7 @@ def test_task_views_ignore_a_state_that_arrives_after_a_later_one():
     """A task's owner and its worker report through different paths: a late 'running' or
     'submitted' must not move a finished task back, in the graph or on the timeline."""
     graph, timeline = TaskGraphModel(), TimelineModel()
-    late = [finished("a"), running("a"), submitted("a")]  # the worker's reports came first
+    late = [finished("a"), running("a"), submitted("a")]  # an end before the reports it follows
     for model in (graph, timeline):
         model.apply(late, now=200.0)
     assert graph.columns()["tasks"]["state"] == [FINISHED]
@@ -527,4 +528,4 @@ def test_view_memory_stays_bounded_over_many_tasks():
                        ev("task", task, "FINISHED", name="f", node="n1", worker="w1", pid=7, start=1.0, end=1.001)]
         graph.apply(events)
         timeline.apply(events)
-    assert len(graph.group_of) <= 500 and len(timeline.tasks) <= 500 and len(timeline.ended) <= 500
+    assert len(graph.group_of) <= 500 and len(timeline.runs) <= 500 and len(timeline.ended) <= 500

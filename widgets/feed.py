@@ -66,7 +66,7 @@ class ClusterFeed:
 
     def _connect(self) -> list[Event]:
         try:
-            self._subscription = nebula.state.subscribe(self.receive)  # poll() folds them
+            self._subscription = nebula.state.subscribe(self.receive, coalesce=True)  # poll() folds across batches
             snapshot = nebula.state.snapshot()
         except Exception:  # the cluster went away meanwhile: try again on the next poll
             log.warning("could not subscribe to the cluster's state feed", exc_info=True)
@@ -136,8 +136,9 @@ def _task_events(snapshot, t: float, client_id: str | None, only_node: str) -> l
         state = feed_state.get(task["state"])
         events.append(_event("task", task["task_id"], "SUBMITTED", t, name=task["name"], owner=client_id, deps=[]))
         if state is not None:
-            events.append(_event("task", task["task_id"], state, t, name=task["name"], start=task.get("start"),
-                                 end=task.get("end"), node=task.get("node") or only_node, pid=task.get("pid") or None))
+            events.append(_event("task", task["task_id"], state, t, name=task["name"], owner=client_id,
+                                 start=task.get("start"), end=task.get("end"), node=task.get("node") or only_node,
+                                 worker=task.get("worker") or "", pid=task.get("pid") or None))
     return events
 
 

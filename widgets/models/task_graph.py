@@ -92,6 +92,7 @@ class TaskGraphModel:
         self.table = RowTable(NODE_COLUMNS)
         self.edges = RowTable(EDGE_COLUMNS, rollover=edge_limit)
         self.tasks: dict[str, TaskInfo] = {}   # every drawn task; once grouped, live tasks only
+        self.counted: dict[str, tuple] = {}     # once grouped, live tasks kept as (group, state) only
         self.actors = ActorDirectory()
         self.arrivals: collections.Counter = collections.Counter()  # depth -> rows placed there
         self.placed = BoundedMap(memory)          # task id -> (x, y) of its drawn node
@@ -132,8 +133,8 @@ class TaskGraphModel:
             return
         task = self.tasks.get(event.id)
         if task is None:
-            if self.grouped and (event.id in self.group_of or (state in DONE and self._count_ended(event, state))):
-                return  # a late event of a task already counted as done, or one counted now
+            if self.grouped and self._counted_only(event, state):
+                return
             task = self._new_task(event, state)
             if task is None or task.state == state:
                 return  # nothing more to show: a new task, as it is now
@@ -229,7 +230,7 @@ class TaskGraphModel:
 
     def _join_group(self, task: TaskInfo) -> None:
         """Count ``task`` (in its current state) into its function's group, made and placed if new."""
-        dep_groups = [self.group_of[d] for d in task.deps if d in self.group_of] if task.deps else ()
+        dep_groups = [g for g in map(self._group_name_of, task.deps) if g] if task.deps else ()
         group = self.groups.get(task.name)
         if group is None:
             depths = [self.groups[g].x for g in dep_groups]
@@ -248,6 +249,10 @@ class TaskGraphModel:
         for source in dep_groups:
             self._group_edge(self.groups[source], group)
 
+    def _group_name_of(self, task_id: str) -> str | None:
+        counted = self.counted.get(task_id)
+        return counted[0].name if counted is not None else self.group_of.get(task_id)
+
     def _group_edge(self, source: Group, target: Group) -> None:
         pair = (source.name, target.name)
         if source is target or pair in self.group_edges or len(self.group_edges) >= self.edge_limit:
@@ -260,23 +265,46 @@ class TaskGraphModel:
         return {"key": group.name, "x": group.x, "y": group.y, "name": group.name, "kind": group.kind,
                 **group.row()}
 
-    def _count_ended(self, event, state: str) -> bool:
-        """Count a task first seen ended (its events of one period folded into one: the common
-        case at high task rates) straight into its function's group, keeping nothing of it but
-        its group; False where the general path must take it (a new group to place, ObjectRef
-        arguments to draw edges for, an actor call)."""
+    def _counted_only(self, event, state: str) -> bool:
+        """Once grouped, the common case at high task rates takes one step: a task of a known
+        function, without ObjectRef arguments and not an actor call, is counted straight into
+        its group and kept as no more than (group, state) until it ends. True when ``event``
+        was taken so (or is a late event of a task counted as ended); False where the general
+        path must take it (a new group to place, edges to draw, an actor call)."""
+        counted = self.counted.get(event.id)
+        if counted is not None:
+            self._recount(event, state, *counted)
+            return True
+        if event.id in self.group_of:
+            return True  # a late event of a task already counted as ended
         data = event.data
         group = None if data.get("deps") or data.get("actor") else self.groups.get(data.get("name") or "?")
         if group is None:
             return False
         if self.owner is not None and data.get("owner") != self.owner:
             return True
-        self.group_of[event.id] = group.name
         group.counts[state] += 1
         group.dirty = True
-        group.ran_on((data.get("node") or "")[:8], (data.get("worker") or "")[:8])
-        group.ended(data.get("start"), data.get("end"), data.get("error"))
+        self._recount(event, state, group, state)
         return True
+
+    def _recount(self, event, state: str, group: Group, was: str) -> None:
+        """Move a task counted in ``group`` as ``was`` to ``state`` (unless ``event`` is stale)."""
+        if state != was:
+            if PROGRESS[state] < PROGRESS[was]:
+                return
+            group.counts[was] -= 1
+            group.counts[state] += 1
+            group.dirty = True
+        data = event.data
+        if state == RUNNING or state in DONE:
+            group.ran_on((data.get("node") or "")[:8], (data.get("worker") or "")[:8])
+        if state in DONE:
+            group.ended(data.get("start"), data.get("end"), data.get("error"))
+            self.counted.pop(event.id, None)
+            self.group_of[event.id] = group.name
+        else:
+            self.counted[event.id] = (group, state)
 
     def _group_transition(self, task: TaskInfo, event, state: str) -> None:
         """Move ``task`` between its group's counts (no per-task row, so no per-task text)."""

@@ -9,10 +9,10 @@ PENDING, WAITING, RUNNING, FINISHED, FAILED, CANCELLED = (
 STATES = (PENDING, WAITING, RUNNING, FINISHED, FAILED, CANCELLED)
 STATE_COLORS = ("#bdbdbd", "#fdae6b", "#3182bd", "#31a354", "#de2d26", "#756bb1")
 DONE = (FINISHED, FAILED, CANCELLED)
-# How far along a state is. A task's events come from its owner (submitted, waiting) and from
-# the worker that runs it (running, done), through different paths: one that arrives after a
-# later state was shown is stale and changes nothing (a retry's done state still replaces a
-# failed attempt's, being equally far along).
+# How far along a state is. A task's events come from its owner (submitted, waiting, done) and
+# from the worker that runs it (running; an actor call's done), through different paths: one
+# that arrives after a later state was shown is stale and changes nothing (a retry's done state
+# still replaces a failed attempt's, being equally far along).
 PROGRESS = {PENDING: 0, WAITING: 1, RUNNING: 2, FINISHED: 3, FAILED: 3, CANCELLED: 3}
 
 # The feed's task states (nebula.state task events) and what the views call them.

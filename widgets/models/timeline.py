@@ -21,6 +21,7 @@ UNKNOWN_LANE = "unknown worker"
 OVERFLOW_LANE = ("", "more")
 FAILED_OUTLINE = "#de2d26"
 MERGE_BELOW = 0.01  # seconds: shorter finished tasks, closer than this to the last one, extend its bar
+WAITING_STATES = ("SUBMITTED", "PENDING_NODE")  # before a run: nothing to draw
 
 
 class TimelineModel:
@@ -33,7 +34,6 @@ class TimelineModel:
         self.actors = ActorDirectory()
         self.lanes: dict[tuple, str] = {}         # (node, pid) -> lane label, in order of appearance
         self.max_lanes = max_lanes
-        self.tasks = BoundedMap(memory)           # task id -> (name, actor) of tasks this view shows
         self.running: dict[str, tuple] = {}       # task id -> key of its open bar
         self.runs = BoundedMap(memory)            # task id -> runs so far (retries get new bars)
         self.ended = BoundedMap(memory)           # task id -> True once a run of it ended
@@ -48,7 +48,7 @@ class TimelineModel:
             elif event.kind == "actor":
                 self.actors.apply(event)
         self._draw_grown()
-        trim_all(self.tasks, self.runs, self.ended)
+        trim_all(self.runs, self.ended)
         self._follow_clock(time.time() if now is None else now)
         update = Update()
         update.add_table("tasks", self.bars)
@@ -64,24 +64,23 @@ class TimelineModel:
         return {"lanes": list(self.lanes.values())}
 
     def _on_task(self, event) -> None:
-        task = self.tasks.get(event.id)
-        if task is None or event.state == "SUBMITTED":
-            # a task's first event (a coalesced one carries its submission's owner and name too)
-            data = event.data
-            if self.owner is not None and data.get("owner") != self.owner:
-                return
-            task = self.tasks[event.id] = (data.get("name") or "?", data.get("actor") or "")
-        if event.state == "SUBMITTED":
+        """Only a run makes a bar; its events carry the task's name, owner and actor."""
+        if event.state in WAITING_STATES:
             return
-        state = view_state(event)
+        data = event.data
+        if self.owner is not None and data.get("owner") != self.owner:
+            return
+        task = (data.get("name") or "?", data.get("actor") or "")
         if event.state == "RUNNING":
             if event.id not in self.ended:  # else a stale report, come after the end it preceded
-                self._open_bar(event)
-        elif state in DONE:
+                self._open_bar(event, task)
+            return
+        state = view_state(event)
+        if state in DONE:
             self._close_bar(event, state, task)
 
-    def _open_bar(self, event) -> None:
-        name, actor = self.tasks[event.id]
+    def _open_bar(self, event, task: tuple) -> None:
+        name, actor = task
         run = self.runs.get(event.id, 0)
         self.runs[event.id] = run + 1
         key = (event.id, run)
@@ -100,7 +99,7 @@ class TimelineModel:
                 return  # never started (cancelled or failed while queued): nothing ran
             if state == FINISHED and end - start < MERGE_BELOW and self._extend_short(event, start, end, task):
                 return
-            self._open_bar(event)
+            self._open_bar(event, task)
             key = self.running.pop(event.id)
             if state == FINISHED and end - start < MERGE_BELOW:
                 self.last_short[self.bars.get(key)["lane"]] = [key, task[0], end, 1, end - start]
