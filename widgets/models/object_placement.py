@@ -112,13 +112,16 @@ class ObjectPlacementModel:
         self._transfer_count = 0
 
     def apply(self, events, now: float | None = None) -> Update:
+        names = self.names
         for event in events:
-            if event.kind == "object":
+            kind = event.kind
+            if kind == "task":
+                if event.id not in names:  # a task's first event names it
+                    self._learn_name(event.id, event.data.get("name"))
+            elif kind == "object":
                 self._on_object(event)
-            elif event.kind == "node":
+            elif kind == "node":
                 self._on_node(event)
-            elif event.kind == "task" and event.data.get("name"):
-                self._learn_name(event.id, event.data.get("name"))
         trim_all(self.names, self.unnamed)
         self._fade_transfers(time.time() if now is None else now)
         return self._update()
@@ -264,8 +267,8 @@ class ObjectPlacementModel:
             return f"put or unknown task ({short(object_id)})"
         return f"{name} (task {short(task_id)})"
 
-    def _learn_name(self, task_id: str, name: str) -> None:
-        if task_id in self.names:
+    def _learn_name(self, task_id: str, name: str | None) -> None:
+        if not name:
             return
         self.names[task_id] = name
         for cell_key, object_id in self.unnamed.pop(task_id, ()):

@@ -70,8 +70,11 @@ class Group:
     def ended(self, start: float | None, end: float | None, error: str | None) -> None:
         """Take one ended run: its time into the mean (when known), its error if any."""
         if start and end:
-            self.took, self.timed = self.took + max(0.0, end - start), self.timed + 1
-        self.error = error or self.error
+            self.timed += 1
+            if end > start:
+                self.took += end - start
+        if error:
+            self.error = error
 
     def row(self) -> dict:
         total = sum(self.counts.values())
