@@ -57,6 +57,10 @@ class Client:
         self.remote = conn.writer.get_extra_info("socket").family != socket.AF_UNIX
 
 
+RETIRE_RETRY_S = 10.0  # a worker that declined to retire is asked again after this long
+RETIRED = "retired: idle, and the node needed its slot for a worker of another pool"
+
+
 class WorkerProc:
     """A worker process this node started."""
 
@@ -70,6 +74,9 @@ class WorkerProc:
         self.tcp_address = ""
         self.started_at = time.time()
         self.dead = False
+        self.idle_since = self.started_at
+        self.retiring = False      # asked to exit to make room for another pool's worker
+        self.declined_at = 0.0     # when it last said no (it owns objects or tasks)
 
 
 class NodeAgent:
@@ -192,6 +199,7 @@ class NodeAgent:
                 P.Unpin: lambda c, m: [self.objects.unpin(i, c.client_id) for i in m.object_ids],
                 P.StateQuery: self._on_state_query, P.Subscribe: self._on_subscribe,
                 P.Unsubscribe: self._on_unsubscribe, P.Events: lambda c, m: self._publish(m.events, c),
+                P.RetireDeclined: self._on_retire_declined,
                 P.CreateActor: a.on_create, P.WaitActor: a.on_wait, P.GetNamedActor: a.on_get_named,
                 P.KillActor: a.on_kill, P.ActorReady: a.on_ready, P.ActorHandleReleased: a.on_handle_released,
                 P.ClientGone: self._on_remote_client_gone,
@@ -360,8 +368,7 @@ class NodeAgent:
 
     def _idle_worker(self, env_key: str) -> WorkerProc | None:
         for worker in self.workers.values():
-            if (worker.client is not None and worker.lease is None and not worker.actor_id
-                    and not worker.dedicated and worker.env_key == env_key and not worker.dead):
+            if _is_idle(worker) and worker.env_key == env_key:
                 return worker
         return None
 
@@ -369,9 +376,33 @@ class NodeAgent:
         if self.starting[(env_key, False)] >= wanted:
             return
         if self._live_workers() >= self.max_workers:
-            self._warn_worker_cap()
+            if not self._retire_idle_worker(env_key):
+                self._warn_worker_cap()
             return
         self._start_worker(env_key, runtime_env, dedicated=False)
+
+    def _retire_idle_worker(self, env_key: str) -> bool:
+        """At the cap, ask the worker idle longest in another pool (another runtime_env, working
+        directory or sys.path: a notebook that changes them makes new pools) to exit, so this
+        pool can start one; it declines if it still owns objects or tasks. True while one is
+        asked or leaving."""
+        if any(w.retiring and not w.dead for w in self.workers.values()):
+            return True
+        now = time.time()
+        idle = [w for w in self.workers.values()
+                if _is_idle(w) and w.env_key != env_key and now - w.declined_at > RETIRE_RETRY_S]
+        if not idle:
+            return False
+        worker = min(idle, key=lambda w: w.idle_since)
+        worker.retiring = True
+        worker.client.conn.send(P.Retire())
+        return True
+
+    def _on_retire_declined(self, client: Client, _msg) -> None:
+        worker = client.worker
+        if worker is not None:
+            worker.retiring, worker.declined_at = False, time.time()
+            self._schedule()  # ask another
 
     def _live_workers(self) -> int:
         return sum(1 for w in self.workers.values() if not w.dead)
@@ -379,9 +410,10 @@ class NodeAgent:
     def _warn_worker_cap(self) -> None:
         if not self.warned_worker_cap:
             self.warned_worker_cap = True
-            log.warning("reached the cap of %d worker processes on this node: tasks that block in get() "
-                        "while submitting more tasks (runaway recursion?) are waiting for each other",
-                        self.max_workers)
+            log.warning("reached the cap of %d worker processes on this node with none free: tasks that "
+                        "block in get() while submitting more tasks (runaway recursion?) are waiting for "
+                        "each other, or idle workers of other pools (another runtime_env, working directory "
+                        "or sys.path) still own objects", self.max_workers)
 
     def _grant(self, request: LeaseRequest, worker: WorkerProc) -> None:
         gpus = self.pool.acquire(request.shape)
@@ -405,6 +437,7 @@ class NodeAgent:
 
     def _end_lease(self, worker: WorkerProc) -> None:
         lease, worker.lease = worker.lease, None
+        worker.idle_since = time.time()
         if not worker.blocked:
             self.pool.release(lease["shape"], lease["gpus"])
         worker.blocked = False
@@ -487,7 +520,7 @@ class NodeAgent:
             await asyncio.sleep(0.1)
             for worker in list(self.workers.values()):
                 if not worker.dead and worker.popen.poll() is not None:
-                    self._worker_exited(worker)
+                    self._worker_exited(worker, RETIRED if worker.retiring else "")
             self._memory_monitor()
 
     def _worker_exited(self, worker: WorkerProc, reason: str = "") -> None:
@@ -781,3 +814,9 @@ def _log_store_backing(arena: Arena, huge_pages) -> None:
     """Say in the node's log what holds the object store, and why huge pages are not used."""
     why_not = f"; no huge pages: {huge_pages.reason}" if huge_pages is not None and huge_pages.reason else ""
     log.info("object store: %s bytes of %s%s", arena.capacity, arena.backing, why_not)
+
+
+def _is_idle(worker: WorkerProc) -> bool:
+    """Registered, holding no lease, hosting no actor, not about to exit: free for a lease."""
+    return (worker.client is not None and worker.lease is None and not worker.actor_id and not worker.dedicated
+            and not worker.dead and not worker.retiring)

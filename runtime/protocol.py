@@ -283,6 +283,14 @@ class BecomeActor(Msg):
     gpu_ids: tuple = ()  # the GPUs it holds (its CUDA_VISIBLE_DEVICES)
 
 
+class Retire(Msg):
+    """To an idle worker: the node needs its slot for another pool; exit unless you own objects."""
+
+
+class RetireDeclined(Msg):
+    pass
+
+
 class ActorReady(Msg):
     actor_id: str
     error: bytes = b""

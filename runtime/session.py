@@ -245,6 +245,7 @@ class Session:
                 P.FeedControl: lambda m: self.events.set_enabled(m.enabled, m.others),
                 P.EventBatch: lambda m: self.events.deliver(m.events),
                 P.BecomeActor: lambda m: self.worker_inbox.put(("actor", m, None)),
+                P.Retire: lambda m: self.worker_inbox.put(("retire", m, None)),
                 P.LeaseInfeasible: lambda m: log.warning(m.message),
             }
             handlers.update(getattr(self, "extra_node_handlers", {}))

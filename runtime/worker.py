@@ -122,12 +122,25 @@ class Worker:
 
     # ---- the main loop ----------------------------------------------------------------------
 
+    def _retire(self) -> None:
+        """The node needs this idle worker's slot for another pool: exit, unless this process
+        hosts an actor or still owns objects or tasks (their references would die with it)."""
+        session = self.session
+        if self.actor_id or self.current is not None or session.owned or session.tasks.tasks:
+            session.send_node(P.RetireDeclined())
+            return
+        log.info("retiring: idle, and the node needs the slot for a worker of another pool")
+        logging.shutdown()
+        os._exit(0)
+
     def run_forever(self) -> None:
         while True:
             kind, msg, conn = self.inbox.get()
             try:
                 if kind == "actor":
                     self._become_actor(msg)
+                elif kind == "retire":
+                    self._retire()
                 else:
                     self._execute(conn, msg)
             except TaskCancelledError:
