@@ -53,9 +53,7 @@ class FeedBatch(msgspec.Struct, array_like=True, gc=False):
         out = [Event("task", task_id, "SUBMITTED", at, {"name": name, "owner": owner, "job": job, "deps": deps})
                for task_id, name, deps, at in self.submitted]
         out += self.recorded
-        out += [Event("task", task_id, "FINISHED", end, {"name": name, "owner": owner, "node": node,
-                                                         "worker": worker, "pid": pid, "start": start, "end": end})
-                for task_id, name, start, end, node, worker, pid in self.finished]
+        out += _finished_events(self.finished, owner)
         return out
 
     def coalesced(self) -> list[Event]:
@@ -84,10 +82,14 @@ class FeedBatch(msgspec.Struct, array_like=True, gc=False):
         if not (self.recorded or unpaired) and len({row[0] for row in self.submitted}) == len(out):
             return out  # one event per task already
         out += self.recorded
-        out += [Event("task", task_id, "FINISHED", end, {"name": name, "owner": owner, "node": node,
-                                                         "worker": worker, "pid": pid, "start": start, "end": end})
-                for task_id, name, start, end, node, worker, pid in unpaired]
+        out += _finished_events(unpaired, owner)
         return coalesced_records(out)
+
+
+def _finished_events(rows: list, owner: str) -> list[Event]:
+    return [Event("task", task_id, "FINISHED", end, {"name": name, "owner": owner, "node": node, "worker": worker,
+                                                     "pid": pid, "start": start, "end": end})
+            for task_id, name, start, end, node, worker, pid in rows]
 
 
 # How far along each task state is. A task's events come from its owner (submitted, waiting,
