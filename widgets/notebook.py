@@ -14,6 +14,8 @@ The kernel owns the document; the browser only flips the "this notebook only" sw
   equal to the one it has, nor models it already sent). So the widget counts its views
   (ipywidgets' ``_view_count``) and, whenever one appears, makes the document as it is now
   the ``render_bundle`` (the browser draws again from it) and asks its models for everything.
+  Until the first view exists it sends no changes at all: each goes as several messages that
+  a view must receive from the first, and one made halfway through would garble them.
 """
 from __future__ import annotations
 
@@ -51,6 +53,15 @@ class LiveWidget(BokehModel):
         target = content.get("model")
         return (content.get("event") == "jsevent" and content.get("kind") == "ModelChanged"
                 and isinstance(target, dict) and self._controls.get(target.get("id")) == content.get("attr"))
+
+    def _document_patched(self, event) -> None:
+        """Send a document change only once a browser view exists. jupyter_bokeh sends each
+        change as several messages (header, metadata, content, buffers) that the view's
+        receiver joins up in order; a view made while one is on its way would start joining
+        halfway and garble the changes after it. The first view draws the whole document
+        anyway (``_send_whole_document``)."""
+        if self._view_count:
+            super()._document_patched(event)
 
     def _views_changed(self, change) -> None:
         if (change["new"] or 0) > (change["old"] or 0) and self._pump is not None:
