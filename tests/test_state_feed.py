@@ -40,6 +40,9 @@ class Recorder:
     def __init__(self, **options):
         self.events, self.lock = [], threading.Lock()
         self.subscription = nebula.state.subscribe(self._take, **options)
+        # The node switches the feed on in every process by a message of its own: once a task's
+        # end has come back, the workers have had theirs too.
+        self.wait_for(quick.remote(0).task_id(), "FINISHED")
 
     def __enter__(self):
         return self
