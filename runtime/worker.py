@@ -51,7 +51,6 @@ class Worker:
         self.actor_gpu_ids: list = []  # the GPUs it holds
         self.env_before: dict = {}  # what a GPU task's CUDA variables replaced (None: unset)
         session.events.flush_hooks.append(self._report_running)
-        self.runner = (session.node_id, worker_id, session.pid)  # where the feed says a run was
         self.functions: dict[str, object] = {}
         self.inbox: queue.SimpleQueue = session.worker_inbox
         self.current: P.ExecuteTask | None = None
@@ -126,7 +125,7 @@ class Worker:
         """The node needs this idle worker's slot for another pool: exit, unless this process
         hosts an actor or still owns objects or tasks (their references would die with it)."""
         session = self.session
-        if self.actor_id or self.current is not None or session.owned or session.tasks.tasks:
+        if self.actor_id or session.owned or session.tasks.tasks:
             session.send_node(P.RetireDeclined())
             return
         log.info("retiring: idle, and the node needs the slot for a worker of another pool")
@@ -191,8 +190,8 @@ class Worker:
     # ---- the state feed: a run still going, and an actor's calls, are reported here -----------
 
     def _where(self, spec: P.ExecuteTask) -> dict:
-        node, worker, pid = self.runner
-        fields = {"name": spec.name, "owner": spec.owner, "node": node, "worker": worker, "pid": pid}
+        fields = {"name": spec.name, "owner": spec.owner, "node": self.session.node_id, "worker": self.worker_id,
+                  "pid": self.session.pid}
         if spec.actor_id:
             fields["actor"] = spec.actor_id
         return fields
