@@ -332,6 +332,10 @@ class TaskSubmitter:
         self._pump(lease.key)
 
     def _note_duration(self, task: PendingTask, msg: P.TaskResult) -> None:
+        """A running average per function, which decides whether its tasks may queue behind
+        others on a worker. A cancelled run says nothing of how long the function takes."""
+        if task.cancelled:
+            return
         took = max(0.0, msg.end - msg.start)
         prev = self.durations.get(task.spec.function_id)
         self.durations[task.spec.function_id] = took if prev is None else 0.8 * prev + 0.2 * took

@@ -54,6 +54,7 @@ class Worker:
         self.functions: dict[str, object] = {}
         self.inbox: queue.SimpleQueue = session.worker_inbox
         self.current: P.ExecuteTask | None = None
+        self.interruptible = False  # a cancel signal raises only while a task's own work runs
         self.cancelled: set[str] = set()
         self.children: dict[str, list] = {}  # running task id -> ids of the tasks it submitted
         self.actor = None
@@ -116,7 +117,8 @@ class Worker:
 
     def _on_cancel_signal(self, _signum, _frame) -> None:
         current = self.current
-        if current is not None and current.task_id in self.cancelled:
+        if self.interruptible and current is not None and current.task_id in self.cancelled:
+            self.interruptible = False  # once: never again while the outcome is being made
             raise TaskCancelledError(current.task_id)
 
     # ---- the main loop ----------------------------------------------------------------------
@@ -147,10 +149,11 @@ class Worker:
 
     def _execute(self, conn: wire.Connection, spec: P.ExecuteTask) -> None:
         start = time.time()
+        self.current = spec  # before the check: a cancel after it finds the task current and signals
         if spec.task_id in self.cancelled:
+            self.current = None
             self._reply(conn, _cancelled(spec, start, start))
             return
-        self.current = spec
         self._enter_task(spec, conn)
         try:
             result = self._run(spec, start)
@@ -235,6 +238,20 @@ class Worker:
             self.session.send_node(P.KillActor(self.actor_id, True))
 
     def _run(self, spec: P.ExecuteTask, start: float) -> P.TaskResult:
+        """The task's outcome. A cancel signal raises only in here (``interruptible``): one that
+        came while the task was being set up or ended would otherwise escape with no reply."""
+        try:
+            self.interruptible = True
+            if spec.task_id in self.cancelled:  # cancelled while being set up: its signal was ignored
+                raise TaskCancelledError(spec.task_id)
+            result = self._outcome(spec, start)
+            self.interruptible = False
+            return result
+        except TaskCancelledError as exc:  # also one raised while another outcome was being made
+            self.interruptible = False
+            return P.TaskResult(spec.task_id, error=encode_system_error(exc), start=start, end=time.time())
+
+    def _outcome(self, spec: P.ExecuteTask, start: float) -> P.TaskResult:
         try:
             call = self._resolve_call(spec)
             args, kwargs = unpack_args(spec.args, self._fetch_args(spec))
@@ -243,8 +260,8 @@ class Worker:
             return P.TaskResult(spec.task_id, returns, start=start, end=time.time())
         except ExitActor:
             return self._exit_actor(spec, start)
-        except TaskCancelledError as exc:
-            return P.TaskResult(spec.task_id, error=encode_system_error(exc), start=start, end=time.time())
+        except TaskCancelledError:
+            raise
         except BaseException as exc:  # noqa: BLE001 - user errors go back to the owner
             return self._error_result(spec, exc, start)
 

@@ -84,3 +84,40 @@ def test_node_telemetry_reports_each_gpu(gpu_cluster):
     for gpu in sample.get("gpus"):
         assert gpu["memory_total"] > 0 and 0 <= gpu["utilization_percent"] <= 100
     assert time.time() - sample.time < 60
+
+
+@nebula.remote(num_gpus=1)
+def keep_the_gpu_busy(seconds: float) -> int:
+    import torch as remote_torch
+    a = remote_torch.randn(4096, 4096, device="cuda")
+    until = time.time() + seconds
+    while time.time() < until:
+        a = remote_torch.tanh(a @ a)
+        remote_torch.cuda.synchronize()
+    return remote_torch.cuda.memory_allocated()
+
+
+def test_the_resources_view_shows_a_busy_gpu_and_its_memory(gpu_cluster):
+    pytest.importorskip("torch")
+    from nebula.widgets.models import NodeResourcesModel
+    model, busy, lock = NodeResourcesModel(), threading.Event(), threading.Lock()
+
+    def gauges() -> dict:
+        table = model.gauges.columns()
+        return {factor[1]: value for factor, value in zip(table["factor"], table["value"])}
+
+    def keep(batch):
+        with lock:
+            model.apply(batch)
+            seen = gauges()
+        if any(v > 0 for k, v in seen.items() if k.endswith(" util")) and \
+                any(v > 0 for k, v in seen.items() if k.endswith(" memory") and k.startswith("GPU")):
+            busy.set()
+    with nebula.state.subscribe(keep, kinds=["node"]):
+        running = keep_the_gpu_busy.remote(30)
+        shown = busy.wait(40)
+        with lock:
+            last = gauges()
+        nebula.cancel(running, force=True)
+    assert shown, f"the resources view never showed a busy GPU holding memory: {last}"
+    assert "GPU" not in last  # the 'no GPU on this node' row is absent where there is one
