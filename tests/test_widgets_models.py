@@ -486,6 +486,15 @@ def test_timeline_draws_short_back_to_back_tasks_of_one_function_as_one_bar():
     assert model.columns()["tasks"]["duration"][2] == "2 tasks, 2.0 ms busy"
 
 
+def test_timeline_a_late_running_report_of_a_merged_task_opens_no_bar():
+    model = TimelineModel()
+    short = [ev("task", f"s{i}", "FINISHED", name="f", owner=ME, node=N1, pid=11,
+                start=100.0 + i * 0.002, end=100.0 + i * 0.002 + 0.001) for i in range(3)]
+    model.apply(short, now=200.0)
+    model.apply([running("s2", name="f")], now=200.0)  # its worker's report, come after the end
+    assert model.columns()["tasks"]["duration"] == ["3 tasks, 3.0 ms busy"] and not model.running
+
+
 def test_timeline_this_notebook_only_merges_the_owners_short_tasks_only():
     model = TimelineModel(owner=ME)
     short = [ev("task", f"s{i}", "FINISHED", name="f", owner=ME if i != 1 else OTHER, node=N1, pid=11,

@@ -109,11 +109,11 @@ class TaskGraphModel:
     # ---- feeding ------------------------------------------------------------------------------
 
     def apply(self, events, now: float | None = None) -> Update:
-        for event in events:
-            if event.kind == "task":
-                self._on_task(event)
-            elif event.kind == "actor":
-                self.actors.apply(event)
+        if self.grouped:
+            self._apply_grouped(events)
+        else:
+            for event in events:
+                self._on_event(event)
         trim_all(self.placed, self.waiting_edges, self.group_of)
         if not self.grouped and len(self.tasks) > self.group_after:
             self._switch_to_groups()
@@ -130,14 +130,18 @@ class TaskGraphModel:
     def props(self) -> dict:
         return {}
 
+    def _on_event(self, event) -> None:
+        if event.kind == "task":
+            self._on_task(event)
+        elif event.kind == "actor":
+            self.actors.apply(event)
+
     def _on_task(self, event) -> None:
         state = view_state(event)
         if state is None:
             return
         task = self.tasks.get(event.id)
         if task is None:
-            if self.grouped and self._counted_only(event, state):
-                return
             task = self._new_task(event, state)
             if task is None or task.state == state:
                 return  # nothing more to show: a new task, as it is now
@@ -268,46 +272,55 @@ class TaskGraphModel:
         return {"key": group.name, "x": group.x, "y": group.y, "name": group.name, "kind": group.kind,
                 **group.row()}
 
-    def _counted_only(self, event, state: str) -> bool:
-        """Once grouped, the common case at high task rates takes one step: a task of a known
-        function, without ObjectRef arguments and not an actor call, is counted straight into
-        its group and kept as no more than (group, state) until it ends. True when ``event``
-        was taken so (or is a late event of a task counted as ended); False where the general
-        path must take it (a new group to place, edges to draw, an actor call)."""
-        counted = self.counted.get(event.id)
-        if counted is not None:
-            self._recount(event, state, *counted)
-            return True
-        if event.id in self.group_of:
-            return True  # a late event of a task already counted as ended
-        data = event.data
-        group = None if data.get("deps") or data.get("actor") else self.groups.get(data.get("name") or "?")
-        if group is None:
-            return False
-        if self.owner is not None and data.get("owner") != self.owner:
-            return True
-        group.counts[state] += 1
-        group.dirty = True
-        self._recount(event, state, group, state)
-        return True
-
-    def _recount(self, event, state: str, group: Group, was: str) -> None:
-        """Move a task counted in ``group`` as ``was`` to ``state`` (unless ``event`` is stale)."""
-        if state != was:
-            if PROGRESS[state] < PROGRESS[was]:
-                return
-            group.counts[was] -= 1
-            group.counts[state] += 1
+    def _apply_grouped(self, events) -> None:
+        """Once grouped, the common case at high task rates is taken in this one loop (a call
+        per event would cost more than the counting): a task of a known function, without
+        ObjectRef arguments and not an actor call, is counted straight into its group and kept
+        as no more than (group, state) in ``counted`` until it ends. The general path, in
+        order, takes the rest: a new group to place, edges to draw, an actor call."""
+        counted, group_of, groups, tasks, owner = self.counted, self.group_of, self.groups, self.tasks, self.owner
+        for event in events:
+            if event.kind != "task":
+                self._on_event(event)
+                continue
+            task_id = event.id
+            entry = counted.get(task_id)
+            if entry is None:
+                if task_id in tasks:
+                    self._on_task(event)
+                    continue
+                if task_id in group_of:
+                    continue  # a late event of a task counted as ended
+                data = event.data
+                group = groups.get(data.get("name") or "?")
+                if group is None or data.get("deps") or data.get("actor"):
+                    self._on_task(event)
+                    continue
+                if owner is not None and data.get("owner") != owner:
+                    continue
+                state = view_state(event)
+                if state is None:
+                    continue
+                group.counts[state] += 1
+            else:
+                state = view_state(event)
+                group, was = entry
+                if state is None or (state != was and PROGRESS[state] < PROGRESS[was]):
+                    continue  # not a state change, or stale
+                counts = group.counts
+                counts[was] -= 1
+                counts[state] += 1
+                data = event.data
             group.dirty = True
-        data = event.data
-        if state == RUNNING or state in DONE:
-            group.ran_on((data.get("node") or "")[:8], (data.get("worker") or "")[:8])
-        if state in DONE:
-            group.ended(data.get("start"), data.get("end"), data.get("error"))
-            self.counted.pop(event.id, None)
-            self.group_of[event.id] = group.name
-        else:
-            self.counted[event.id] = (group, state)
+            if state in DONE:
+                group.ran_on((data.get("node") or "")[:8], (data.get("worker") or "")[:8])
+                group.ended(data.get("start"), data.get("end"), data.get("error"))
+                counted.pop(task_id, None)
+                group_of[task_id] = group.name
+            else:
+                if state == RUNNING:
+                    group.ran_on((data.get("node") or "")[:8], (data.get("worker") or "")[:8])
+                counted[task_id] = (group, state)
 
     def _group_transition(self, task: TaskInfo, event, state: str) -> None:
         """Move ``task`` between its group's counts (no per-task row, so no per-task text)."""
