@@ -8,7 +8,6 @@ tuple append) and become Events where they are received (``FeedBatch``): at thou
 a second this is most of what the feed costs the processes doing the work. The node agent tells every
 client when someone subscribes (``FeedControl``); only then are batches shipped to it, every
 ``FLUSH_INTERVAL`` seconds, and fanned out to subscribers as ``EventBatch``es.
-A submission may wait up to ``SUBMISSION_HOLD`` for its task's end, to travel with it.
 
 Each event is recorded where it is known first: a task's owner records its submission (and
 its wait for a worker once its arguments are ready) and its end, which the result brings with
@@ -36,7 +35,6 @@ RING_SIZE = 20000
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(FeedBatch)
 FLUSH_INTERVAL = 0.1
-SUBMISSION_HOLD = 0.3  # seconds a submission may wait for its task's end (see _due_submissions)
 
 
 class EventRecorder:
@@ -49,7 +47,6 @@ class EventRecorder:
         # the ends of the tasks submitted here.
         self.submitted: collections.deque = collections.deque(maxlen=RING_SIZE)
         self.finished: collections.deque = collections.deque(maxlen=RING_SIZE)
-        self.held: list = []  # submissions waiting for their task's end (see _due_submissions)
         self.enabled = False
         self.ship = False  # another process subscribes: send our events to the node
         self._flush_scheduled = False
@@ -112,34 +109,13 @@ class EventRecorder:
         self._flush_scheduled = False
         for hook in self.flush_hooks:  # events decided only now (what is still running, say)
             hook()
-        recorded, finished = _drain(self.ring), _drain(self.finished)
-        submitted = self._due_submissions(_drain(self.submitted), recorded, finished)
+        recorded, submitted, finished = _drain(self.ring), _drain(self.submitted), _drain(self.finished)
         if recorded or submitted or finished:
             batch = FeedBatch(recorded, submitted, (self.session.client_id, self.session.job_id), finished)
             if self.ship:
                 self.session.node.send(P.Events(_encoder.encode(batch)))
             if self.subscribers:
                 self.deliver(batch)
-        if self.held:
-            self.flush_soon()
-
-    def _due_submissions(self, new: list, recorded: list, finished: list) -> list:
-        """The submissions this flush ships. One without ObjectRef arguments whose task is still
-        on its way waits, up to ``SUBMISSION_HOLD`` seconds, for the task's end: a task that
-        ends by then travels as its two rows in one batch (one Event for a coalescing
-        subscriber) rather than as two events in two batches, which at thousands of tasks a
-        second is most of the feed's work for each subscriber. One whose task recorded anything
-        else is shipped with it, and one with arguments at once: its dependencies must be known
-        before its run is reported."""
-        waiting = self.held + new if self.held else new
-        if not waiting:
-            return []
-        spoken_for = {row[0] for row in finished}
-        spoken_for.update(event.id for event in recorded if event.kind == "task")
-        due, self.held, until = [], [], time.time() - SUBMISSION_HOLD
-        for row in waiting:
-            (due if row[0] in spoken_for or row[2] or row[3] <= until else self.held).append(row)
-        return due
 
     def set_enabled(self, enabled: bool, others: bool = True) -> None:
         self.ship = enabled and others

@@ -193,52 +193,28 @@ def test_a_batch_coalesced_from_its_rows_equals_its_events_coalesced():
         assert batch.coalesced() == coalesce(batch.events()), batch
 
 
-class _SessionStub:
-    """What an EventRecorder needs of its session to flush: ids, a node to send to, a post()."""
 
-    client_id, job_id = "me", "job1"
+def test_a_flush_keeps_the_rows_another_thread_appends_while_it_takes_them():
+    """Submissions are appended on the calling thread while the I/O thread flushes: every row
+    must be shipped exactly once (listing then clearing the queue dropped some)."""
+    import collections
+    import sys
+    from nebula.events import _drain
+    rows, shipped, done = collections.deque(), [], threading.Event()
 
-    def __init__(self):
-        self.sent, self.posted = [], []
-        self.node = self
-
-    def send(self, msg) -> None:
-        self.sent.append(msg)
-
-    def post(self, fn) -> None:
-        self.posted.append(fn)
-
-
-def test_a_submission_waits_a_while_for_its_tasks_end_unless_it_takes_arguments(monkeypatch):
-    """A task that ends soon after its submission travels as its two rows in one batch (one
-    Event for a coalescing subscriber); one still on its way after SUBMISSION_HOLD, one that
-    takes ObjectRef arguments, or one that recorded anything else, is not held back."""
-    import msgspec
-    from nebula import events
-    from nebula.events import EventRecorder
-    from nebula.state_events import FeedBatch
-    session = _SessionStub()
-    recorder = EventRecorder(session)
-    recorder.ship = recorder.enabled = True
-
-    def flush() -> tuple:
-        session.sent.clear()
-        recorder._flush()
-        if not session.sent:
-            return (), ()
-        batch = msgspec.msgpack.Decoder(FeedBatch).decode(session.sent[0].events)
-        return [row[0] for row in batch.submitted], [row[0] for row in batch.finished]
-    for task_id in ("quick", "long", "failing"):
-        recorder.task_submitted(task_id, "f", ())
-    recorder.task_submitted("with-args", "g", ("obj1",))
-    assert flush() == (["with-args"], [])
-    assert recorder.held and session.posted  # another flush is asked for, for the held ones
-    recorder.task_returned("quick", "f", 1.0, 1.1, ("n", "w", 9))
-    recorder.task_ended("failing", "FAILED", "f", 1.0, 1.2)
-    assert flush() == (["quick", "failing"], ["quick"])  # "long" still waits
-    recorder.task_submitted("new-and-done", "f", ())
-    recorder.task_returned("new-and-done", "f", 1.0, 1.3, ("n", "w", 9))
-    recorder.task_submitted("new", "f", ())
-    monkeypatch.setattr(events, "SUBMISSION_HOLD", 0.0)  # as if the hold had passed
-    assert flush() == (["long", "new-and-done", "new"], ["new-and-done"])
-    assert not recorder.held and flush() == ((), ())
+    def submit():
+        for i in range(200_000):
+            rows.append(i)
+        done.set()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        submitter = threading.Thread(target=submit)
+        submitter.start()
+        while not done.is_set():
+            shipped.extend(_drain(rows))
+        submitter.join()
+    finally:
+        sys.setswitchinterval(interval)
+    shipped.extend(_drain(rows))
+    assert shipped == list(range(200_000))
