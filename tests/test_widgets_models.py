@@ -486,6 +486,17 @@ def test_timeline_draws_short_back_to_back_tasks_of_one_function_as_one_bar():
     assert model.columns()["tasks"]["duration"][2] == "2 tasks, 2.0 ms busy"
 
 
+def test_timeline_draws_short_back_to_back_actor_calls_as_one_bar_on_the_actors_lane():
+    model = TimelineModel()
+    calls = [ev("task", f"c{i}", "FINISHED", name="Counter.inc", actor="act1", owner=ME,
+                start=100.0 + i * 0.002, end=100.0 + i * 0.002 + 0.001) for i in range(20)]
+    model.apply([ev("actor", "act1", "ALIVE", node=N2, worker="wa", pid=77, class_name="Counter")] + calls,
+                now=200.0)
+    cols = model.columns()["tasks"]
+    assert cols["duration"] == ["20 tasks, 20.0 ms busy"]
+    assert cols["lane"] == [f"{N2[:8]} · Counter act1 pid 77"]
+
+
 def test_timeline_a_late_running_report_of_a_merged_task_opens_no_bar():
     model = TimelineModel()
     short = [ev("task", f"s{i}", "FINISHED", name="f", owner=ME, node=N1, pid=11,

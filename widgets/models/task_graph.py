@@ -312,14 +312,13 @@ class TaskGraphModel:
                 counts[state] += 1
                 data = event.data
             group.dirty = True
-            if state in DONE:
+            if state == RUNNING or state in DONE:
                 group.ran_on((data.get("node") or "")[:8], (data.get("worker") or "")[:8])
+            if state in DONE:
                 group.ended(data.get("start"), data.get("end"), data.get("error"))
                 counted.pop(task_id, None)
                 group_of[task_id] = group.name
             else:
-                if state == RUNNING:
-                    group.ran_on((data.get("node") or "")[:8], (data.get("worker") or "")[:8])
                 counted[task_id] = (group, state)
 
     def _group_transition(self, task: TaskInfo, event, state: str) -> None:

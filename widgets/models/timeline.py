@@ -111,15 +111,17 @@ class TimelineModel:
 
     def _merged_short(self, event) -> bool:
         """Add a short task's FINISHED ``event`` to its lane's last short bar, if the task ran
-        right after that bar's last one, was not seen running, and is no actor call (the common
-        case at high task rates, so taken here in one step); False where ``_on_task`` must."""
+        right after that bar's last one and was not seen running (the common case at high task
+        rates, so taken here in one step); False where ``_on_task`` must."""
         data = event.data
         start, end = data.get("start"), data.get("end")
-        if not (start and end) or end - start >= MERGE_BELOW or event.id in self.running or data.get("actor"):
+        if not (start and end) or end - start >= MERGE_BELOW or event.id in self.running:
             return False
         if self.owner is not None and data.get("owner") != self.owner:
             return True
-        last = self.last_short.get(self.lanes.get((data.get("node") or "", data.get("pid"))))
+        actor = data.get("actor")
+        where = self._where(event, actor) if actor else (data.get("node") or "", data.get("pid"))
+        last = self.last_short.get(self.lanes.get(where))
         if last is None or last[1] != (data.get("name") or "?") or not 0 <= start - last[2] < MERGE_BELOW \
                 or last[0] not in self.bars:
             return False
