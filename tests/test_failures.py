@@ -311,6 +311,55 @@ def test_cancel_interrupts_a_running_task_and_keeps_its_worker(fresh_cluster, tm
     assert pid in pids  # the same worker process runs the next tasks
 
 
+def _worker_running(task_id: str, outcome):
+    """A worker's cancellation state as it runs ``task_id`` (no process: its handler and _run alone)."""
+    from nebula import protocol as P
+    from nebula.worker import Worker
+    worker = Worker.__new__(Worker)
+    worker.cancelled, worker.interruptible = set(), False
+    worker.current = P.ExecuteTask(task_id, "f", b"", b"", [], "f", "owner", "job")
+    worker._outcome = outcome
+    return worker
+
+
+def test_a_cancel_signal_raises_only_inside_the_tasks_work_and_once():
+    """A cancel's signal can land while the worker sets a task up or sends its reply: it must
+    not raise there (the task would never answer), and the task must still end cancelled."""
+    from nebula import protocol as P
+    from nebula.session import decode_error
+    seen = []
+
+    def work(spec, start):  # the task's work, during which two cancel signals land
+        worker._on_cancel_signal(signal.SIGUSR1, None)
+        seen.append("not interrupted")
+        return P.TaskResult(spec.task_id)
+    worker = _worker_running("t1", work)
+    worker.cancelled.add("t1")
+    worker._on_cancel_signal(signal.SIGUSR1, None)  # while being set up: ignored, no raise
+    result = worker._run(worker.current, 1.0)     # the check in _run still ends it cancelled
+    assert isinstance(decode_error(result.error), TaskCancelledError) and seen == []
+    worker = _worker_running("t2", work)
+    worker.cancelled.add("t2")
+    worker.interruptible = True  # as during the work: it raises, once
+    with pytest.raises(TaskCancelledError):
+        worker._on_cancel_signal(signal.SIGUSR1, None)
+    worker._on_cancel_signal(signal.SIGUSR1, None)  # a second signal, while the reply is made
+    assert not worker.interruptible
+
+
+def test_a_cancel_signal_during_the_work_ends_the_task_cancelled():
+    from nebula import protocol as P
+    from nebula.session import decode_error
+
+    def work(spec, start):
+        worker.cancelled.add(spec.task_id)
+        worker._on_cancel_signal(signal.SIGUSR1, None)
+        return P.TaskResult(spec.task_id)
+    worker = _worker_running("t3", work)
+    result = worker._run(worker.current, 1.0)
+    assert isinstance(decode_error(result.error), TaskCancelledError) and not worker.interruptible
+
+
 def test_force_cancel_kills_the_worker(cluster, tmp_path):
     pid_file = tmp_path / "pid"
     ref = sleep_and_report.remote(str(pid_file))
