@@ -163,10 +163,7 @@ class EventRecorder:
 def _drain(rows: collections.deque) -> list:
     """What ``rows`` holds now, taken out of it; rows appended meanwhile by another thread stay
     for the next flush (listing then clearing could drop them)."""
-    out = list(rows)
-    for _ in range(len(out)):
-        rows.popleft()
-    return out
+    return [rows.popleft() for _ in range(len(rows))]
 
 
 def encode_events(events: list[Event]) -> bytes:

@@ -149,11 +149,10 @@ class Worker:
 
     def _execute(self, conn: wire.Connection, spec: P.ExecuteTask) -> None:
         start = time.time()
-        self.current = spec  # before the check: a cancel after it finds the task current and signals
         if spec.task_id in self.cancelled:
-            self.current = None
             self._reply(conn, _cancelled(spec, start, start))
             return
+        self.current = spec
         self._enter_task(spec, conn)
         try:
             result = self._run(spec, start)
@@ -239,7 +238,9 @@ class Worker:
 
     def _run(self, spec: P.ExecuteTask, start: float) -> P.TaskResult:
         """The task's outcome. A cancel signal raises only in here (``interruptible``): one that
-        came while the task was being set up or ended would otherwise escape with no reply."""
+        came while the task was being set up or ended would otherwise escape with no reply. A
+        cancel that came after the check in ``_execute`` is caught by the check here, or, coming
+        after this one, finds the task current and interruptible and signals."""
         try:
             self.interruptible = True
             if spec.task_id in self.cancelled:  # cancelled while being set up: its signal was ignored

@@ -193,7 +193,6 @@ def test_a_batch_coalesced_from_its_rows_equals_its_events_coalesced():
         assert batch.coalesced() == coalesce(batch.events()), batch
 
 
-
 def test_a_flush_keeps_the_rows_another_thread_appends_while_it_takes_them():
     """Submissions are appended on the calling thread while the I/O thread flushes: every row
     must be shipped exactly once (listing then clearing the queue dropped some)."""
