@@ -28,7 +28,7 @@ import time
 import msgspec
 
 from . import protocol as P
-from .state_events import Event, FeedBatch
+from .state_events import STRETCH, Event, FeedBatch
 
 log = logging.getLogger("nebula.events")
 RING_SIZE = 20000
@@ -123,8 +123,12 @@ class EventRecorder:
 
     # ---- subscribers in this process ---------------------------------------------------------
 
-    def add_subscriber(self, callback, kinds, coalesce: bool = False) -> object:
-        token = (callback, frozenset(kinds) if kinds else None, coalesce)
+    def add_subscriber(self, callback, kinds, form: str = "events") -> object:
+        """``form``: what each batch becomes for ``callback``, the name of a ``FeedBatch``
+        method ("events", "coalesced" or "with_stretches")."""
+        if kinds and "task" in kinds:
+            kinds = {*kinds, STRETCH}  # stretches are task events
+        token = (callback, frozenset(kinds) if kinds else None, form)
         self.subscribers.append(token)
         self.enabled = True
         self._ensure_delivery_thread()
@@ -151,10 +155,10 @@ class EventRecorder:
         while True:
             raw, forms = self._deliveries.get(), {}
             batch = _decoded(raw) if isinstance(raw, bytes) else raw
-            for callback, kinds, coalesce in list(self.subscribers):
-                records = forms.get(coalesce)
+            for callback, kinds, form in list(self.subscribers):
+                records = forms.get(form)
                 if records is None:  # each form made once, for all who take it
-                    records = forms[coalesce] = batch.coalesced() if coalesce else batch.events()
+                    records = forms[form] = getattr(batch, form)()
                 records = records if kinds is None else [r for r in records if r.kind in kinds]
                 if records:
                     _call_safely(callback, records)

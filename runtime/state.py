@@ -14,7 +14,7 @@ import json
 import types
 
 from .session import current_session
-from .state_events import Event, coalesced_records
+from .state_events import SHORT_RUN, STRETCH, Event, coalesced_records, unfold  # noqa: F401 - public here
 
 EVENT_KINDS = ("task", "object", "worker", "actor", "node")
 
@@ -89,18 +89,23 @@ class Subscription:
         self.close()
 
 
-def subscribe(callback, kinds=None, coalesce: bool = False) -> Subscription:
+def subscribe(callback, kinds=None, coalesce: bool = False, stretches: bool = False) -> Subscription:
     """Call ``callback(list[Event])`` with batches of events of ``kinds`` (all kinds if None).
 
     ``coalesce=True`` folds each batch's events of one task into one (see ``coalesce``): a
-    live view draws only the latest state anyway, and takes fewer events at high task rates."""
+    live view draws only the latest state anyway, and takes fewer events at high task rates.
+    ``stretches=True`` (which implies ``coalesce``) also gives each batch's short tasks of one
+    function that ran back to back on one worker as one ``"tasks"`` event, a *stretch*: its
+    ``data`` as a task's FINISHED event has it plus ``count``, ``busy`` and ``runs`` (see
+    ``unfold``), for views that draw such tasks together anyway."""
     if not callable(callback):
         raise TypeError("subscribe() needs a callable taking a list of Event")
     bad = sorted(set(kinds or ()) - set(EVENT_KINDS))
     if bad:
         raise ValueError(f"unknown event kinds {bad}; choose from {list(EVENT_KINDS)}")
     session = current_session()
-    return Subscription(session, session.events.add_subscriber(callback, kinds, coalesce))
+    form = "with_stretches" if stretches else "coalesced" if coalesce else "events"
+    return Subscription(session, session.events.add_subscriber(callback, kinds, form))
 
 
 def coalesce(events: list[Event]) -> list[Event]:

@@ -7,6 +7,11 @@ records would each make Python's collections walk them again. It is encoded as t
 ``[kind, id, state, time, data]`` and decoded straight back into an ``Event``; the two events
 every task costs travel as rows of a ``FeedBatch`` instead and are made into Events by the
 receiver, so that the process submitting the tasks pays a tuple append for each.
+
+A subscriber that takes stretches (``with_stretches()``) gets the short tasks of one function that
+ran back to back on one worker as one ``"tasks"`` event (a *stretch*): at thousands of tasks a
+second, a few events per batch instead of one per task. ``unfold()`` turns stretches back into
+the FINISHED events they stand for.
 """
 from __future__ import annotations
 
@@ -17,6 +22,9 @@ import msgspec
 # What an event's data holds: sequences arrive as tuples, which the garbage collector stops
 # tracking, so a data dict without nested dicts is untracked too (a view keeps thousands).
 Value = Union[str, int, float, bool, None, tuple, dict]
+# A stretch holds runs shorter than this, each starting less than this after the one before.
+SHORT_RUN = 0.01  # seconds
+STRETCH = "tasks"  # the kind of a stretch's event
 
 
 class Event(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -53,7 +61,7 @@ class FeedBatch(msgspec.Struct, array_like=True, gc=False):
         out = [Event("task", task_id, "SUBMITTED", at, {"name": name, "owner": owner, "job": job, "deps": deps})
                for task_id, name, deps, at in self.submitted]
         out += self.recorded
-        out += _finished_events(self.finished, owner)
+        out += _finished_events(self.finished, owner, job)
         return out
 
     def coalesced(self) -> list[Event]:
@@ -82,13 +90,102 @@ class FeedBatch(msgspec.Struct, array_like=True, gc=False):
         if not (self.recorded or unpaired) and len({row[0] for row in self.submitted}) == len(out):
             return out  # one event per task already
         out += self.recorded
-        out += _finished_events(unpaired, owner)
+        out += _finished_events(unpaired, owner, job)
         return coalesced_records(out)
 
+    def with_stretches(self) -> list[Event]:
+        """``coalesced()``, with the batch's short tasks taken together as stretches
+        (``"tasks"`` events, see ``stretch_event``): each run of two or more short tasks of one
+        function back to back on one worker (under ``SHORT_RUN`` each, less than that apart)
+        as one FINISHED stretch, and the other submissions of each function as one SUBMITTED
+        stretch. Only tasks without ObjectRef arguments and with nothing else recorded of them
+        in this batch are taken; a task submitted and finished here is in a FINISHED stretch
+        only. Order: SUBMITTED stretches, the rest as ``coalesced()`` gives it, FINISHED ones."""
+        taken = self._takeable()
+        if not taken:
+            return self.coalesced()
+        ends = self._end_stretches(taken)
+        ended = {row[0] for rows in ends for row in rows}
+        finished = {row[0] for row in self.finished}
+        starts: dict[str, list] = {}
+        for row in self.submitted:
+            if row[0] in taken and row[0] not in finished:
+                starts.setdefault(row[1], []).append(row)
+        starts = {name: rows for name, rows in starts.items() if len(rows) > 1}
+        if not (ends or starts):
+            return self.coalesced()
+        folded = ended.union(*({row[0] for row in rows} for rows in starts.values()))
+        rest = FeedBatch(self.recorded, [row for row in self.submitted if row[0] not in folded], self.submitter,
+                         [row for row in self.finished if row[0] not in ended])
+        owner, job = self.submitter
+        return [stretch_event("SUBMITTED", rows, owner, job) for rows in starts.values()] + rest.coalesced() + \
+            [stretch_event("FINISHED", rows, owner, job) for rows in ends]
 
-def _finished_events(rows: list, owner: str) -> list[Event]:
-    return [Event("task", task_id, "FINISHED", end, {"name": name, "owner": owner, "node": node, "worker": worker,
-                                                     "pid": pid, "start": start, "end": end})
+    def _takeable(self) -> set:
+        """Ids of the tasks that may go into stretches: not submitted with ObjectRef arguments,
+        nothing recorded of them here; none when a task was submitted or ended twice (rebuilt)."""
+        if len({row[0] for row in self.submitted}) < len(self.submitted) or \
+                len({row[0] for row in self.finished}) < len(self.finished):
+            return set()
+        taken = {row[0] for row in self.submitted if not row[2]}
+        taken.update(row[0] for row in self.finished)
+        taken.difference_update([row[0] for row in self.submitted if row[2]], [event.id for event in self.recorded])
+        return taken
+
+    def _end_stretches(self, taken: set) -> list[list[tuple]]:
+        lanes: dict[tuple, list] = {}
+        stretches = []
+        for row in self.finished:
+            task_id, name, start, end, node, _, pid = row
+            if task_id not in taken or not 0 <= end - start < SHORT_RUN:
+                continue
+            rows = lanes.get((name, node, pid))
+            if rows is None or not 0 <= start - rows[-1][3] < SHORT_RUN:
+                rows = lanes[(name, node, pid)] = [row]
+                stretches.append(rows)
+            else:
+                rows.append(row)
+        return [rows for rows in stretches if len(rows) > 1]
+
+
+def stretch_event(state: str, rows: list[tuple], owner: str, job: str) -> Event:
+    """One ``"tasks"`` event for rows of tasks of one function, in order: its id the first
+    task's, ``data["rows"]`` the rows and ``data["count"]`` how many. A SUBMITTED stretch
+    (rows: task id, name, ObjectRef ids, time; its time the last submission's) has the fields
+    of a task's SUBMITTED event, without ``deps``. A FINISHED stretch (rows: task id, name,
+    start, end, node, worker, pid; the runs of one worker, back to back) has those of a task's
+    FINISHED event, ``start`` the first run's and ``end`` (and its time) the last one's, and
+    ``busy``, the seconds its runs took together."""
+    first, last = rows[0], rows[-1]
+    data = {"name": first[1], "owner": owner, "job": job, "count": len(rows), "rows": tuple(rows)}
+    if state == "SUBMITTED":
+        return Event(STRETCH, first[0], state, last[3], data)
+    data.update(node=first[4], worker=first[5], pid=first[6], start=first[2], end=last[3],
+                busy=sum(row[3] - row[2] for row in rows))
+    return Event(STRETCH, first[0], state, last[3], data)
+
+
+def unfold(events: list[Event]) -> list[Event]:
+    """``events`` with each stretch replaced by the events of its tasks (SUBMITTED or
+    FINISHED, as ``coalesced()`` would have made them, less an empty ``deps``); other events
+    as they are."""
+    out: list[Event] = []
+    for event in events:
+        if event.kind != STRETCH:
+            out.append(event)
+            continue
+        owner, job = event.data.get("owner"), event.data.get("job")
+        if event.state == "SUBMITTED":
+            out += [Event("task", task_id, "SUBMITTED", at, {"name": name, "owner": owner, "job": job, "deps": deps})
+                    for task_id, name, deps, at in event.data["rows"]]
+        else:
+            out += _finished_events(event.data["rows"], owner, job)
+    return out
+
+
+def _finished_events(rows: list, owner: str, job: str) -> list[Event]:
+    return [Event("task", task_id, "FINISHED", end, {"name": name, "owner": owner, "job": job, "node": node,
+                                                     "worker": worker, "pid": pid, "start": start, "end": end})
             for task_id, name, start, end, node, worker, pid in rows]
 
 

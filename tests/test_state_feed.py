@@ -169,7 +169,7 @@ def test_a_feed_batch_crosses_processes_as_rows_and_arrives_as_events_in_each_ta
     assert [(e.id, e.state, e.time) for e in received] == [("t2", "SUBMITTED", 1.5), ("t1", "RUNNING", 2.0),
                                                           ("t1", "FINISHED", 2.5)]
     assert received[0].data == {"name": "g", "owner": "me", "job": "job1", "deps": ("obj1",)}
-    assert received[2].data == {"name": "f", "owner": "me", "node": "n", "worker": "w", "pid": 9,
+    assert received[2].data == {"name": "f", "owner": "me", "job": "job1", "node": "n", "worker": "w", "pid": 9,
                                 "start": 2.0, "end": 2.5}
 
 
@@ -191,6 +191,67 @@ def test_a_batch_coalesced_from_its_rows_equals_its_events_coalesced():
         recorded += [Event("object", "o1", "SEALED", 1.2, {"size": 8})] if rng.random() < 0.3 else []
         batch = FeedBatch(recorded, submitted, ("me", "job1"), finished)
         assert batch.coalesced() == coalesce(batch.events()), batch
+
+
+def _without_empty_deps(events) -> list:
+    """Events comparable whether they were folded or unfolded (an empty ``deps`` left out)."""
+    from nebula.state import Event
+    return sorted((Event(e.kind, e.id, e.state, e.time, {k: v for k, v in e.data.items() if k != "deps" or v})
+                   for e in events), key=lambda e: (e.id, e.state))
+
+
+def test_a_batch_with_stretches_folds_short_back_to_back_tasks_of_a_function_on_a_worker():
+    """Two or more short tasks of one function that ran back to back on one worker become one
+    FINISHED "tasks" event; a gap, another worker, a long run, ObjectRef arguments or another
+    event of the task in the batch break a stretch. Submissions of tasks still to end come as
+    one SUBMITTED stretch per function."""
+    from nebula.state import STRETCH, Event, unfold
+    from nebula.state_events import FeedBatch
+    ids = [f"t{i}" for i in range(12)]
+    submitted = [(t, "f", ("o1",) if t == "t9" else (), 1.0) for t in ids if t != "t11"]
+    submitted += [("s1", "f", (), 1.1), ("s2", "g", (), 1.2), ("s3", "f", (), 1.3), ("s4", "f", ("o1",), 1.4)]
+    at = [2.000, 2.002, 2.004, 2.006, 2.008, 2.060, 2.062, 2.000, 2.100, 2.102, 2.104, 2.106]
+    finished = [(t, "f", start, start + (0.02 if t == "t8" else 0.001), "n", "w2" if t == "t7" else "w1",
+                 8 if t == "t7" else 9) for t, start in zip(ids, at)]
+    recorded = [Event("task", "t10", "PENDING_NODE", 1.5, {"name": "f"})]
+    batch = FeedBatch(recorded, submitted, ("me", "job1"), finished)
+    events = batch.with_stretches()
+    stretches = [e for e in events if e.kind == STRETCH]
+    assert [(e.state, e.id, e.data["count"]) for e in stretches] == [
+        ("SUBMITTED", "s1", 2), ("FINISHED", "t0", 5), ("FINISHED", "t5", 2)]
+    assert [row[0] for row in stretches[0].data["rows"]] == ["s1", "s3"] and stretches[0].time == 1.3
+    ended = stretches[1]
+    assert (ended.data["start"], ended.data["end"], ended.time) == (2.0, pytest.approx(2.009), pytest.approx(2.009))
+    assert ended.data["busy"] == pytest.approx(0.005)
+    assert (ended.data["owner"], ended.data["job"], ended.data["pid"]) == ("me", "job1", 9)
+    assert _without_empty_deps(unfold(events)) == _without_empty_deps(batch.coalesced())
+
+
+def test_a_batch_with_stretches_unfolds_to_its_coalesced_events():
+    """Whatever the mix, a batch's stretches unfolded give exactly its coalesced events."""
+    import collections
+    import random
+    from nebula.state import STRETCH, Event, unfold
+    from nebula.state_events import FeedBatch
+    rng, made = random.Random(11), collections.Counter()
+    for _ in range(300):
+        ids = [f"t{i}" for i in range(rng.randint(1, 12))]
+        names = {t: rng.choice("ffg") for t in ids}
+        submitted = [(t, names[t], ("o",) if rng.random() < 0.1 else (), 1.0) for t in ids if rng.random() < 0.8]
+        submitted += rng.sample(submitted, k=min(len(submitted), int(rng.random() < 0.05)))  # a resubmission
+        clock, finished = 2.0, []
+        for t in ids:
+            if rng.random() < 0.7:
+                clock += rng.choice([0.001, 0.002, 0.03])
+                took = rng.choice([0.0005, 0.001, 0.05])
+                finished.append((t, names[t], clock, clock + took, "n", "w", rng.choice([1, 2])))
+                clock += took
+        recorded = [Event("task", rng.choice(ids), "RUNNING", 1.5, {"name": "f"})] if rng.random() < 0.2 else []
+        batch = FeedBatch(recorded, submitted, ("me", "job1"), finished)
+        stretched = batch.with_stretches()
+        made.update(event.state for event in stretched if event.kind == STRETCH)
+        assert _without_empty_deps(unfold(stretched)) == _without_empty_deps(batch.coalesced()), batch
+    assert made["SUBMITTED"] > 50 and made["FINISHED"] > 50  # the mixes did make stretches of both kinds
 
 
 def test_a_flush_keeps_the_rows_another_thread_appends_while_it_takes_them():

@@ -13,7 +13,8 @@ import pytest
 
 import nebula
 from nebula.widgets.feed import ClusterFeed
-from nebula.widgets.models import NodeResourcesModel, ObjectPlacementModel, TaskGraphModel
+from nebula.state import unfold
+from nebula.widgets.models import NodeResourcesModel, ObjectPlacementModel, TaskGraphModel, TimelineModel
 from nebula.widgets.models.tasks import FAILED, FINISHED
 
 pytestmark = pytest.mark.timeout(120)
@@ -126,6 +127,31 @@ def test_models_fed_from_the_feed_agree_with_the_snapshot(cluster):
     states = dict(zip(graph.columns()["tasks"]["name"], graph.columns()["tasks"]["state"]))
     assert states["add"] == FINISHED and states["fail"] == FAILED and states["Counter.inc"] == FINISHED
     del held, extra
+    feed.close()
+
+
+@nebula.remote
+def noop():
+    return None
+
+
+def test_a_burst_of_short_tasks_arrives_partly_as_stretches_and_every_task_is_counted(cluster):
+    """Thousands of short tasks: the feed brings runs of them as stretches ("tasks" events),
+    and the grouped graph and the timeline count each task exactly once."""
+    feed = ClusterFeed()
+    feed.poll()
+    graph, timeline = TaskGraphModel(group_after=100), TimelineModel()
+    refs = [noop.remote() for _ in range(3000)]
+    nebula.get(refs)
+    ids = {ref.task_id() for ref in refs}
+    events = poll_until(feed, lambda seen: ids <= {e.id for e in unfold(seen) if e.state == "FINISHED"})
+    assert any(e.kind == nebula.state.STRETCH for e in events)
+    for model in (graph, timeline):
+        model.apply(events)
+    assert graph.columns()["tasks"]["counts"] == ["3000 finished"]
+    merged = sum(int(d.split()[0]) for d in timeline.columns()["tasks"]["duration"] if "tasks" in d)
+    single = sum(1 for d in timeline.columns()["tasks"]["duration"] if "tasks" not in d)
+    assert merged + single == 3000
     feed.close()
 
 

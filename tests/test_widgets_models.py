@@ -6,11 +6,14 @@ that what a browser would hold always equals the model's own ``columns()``.
 """
 from __future__ import annotations
 
+import collections
+import itertools
 import math
 
 import pytest
 
-from nebula.state import Event, coalesce
+from nebula.state import STRETCH, Event, coalesce, unfold
+from nebula.state_events import FeedBatch
 from nebula.widgets.models import (NodeResourcesModel, ObjectPlacementModel, RowTable, TaskGraphModel,
                                    TimelineModel, Update)
 from nebula.widgets.models.object_placement import CELLS_PER_NODE
@@ -43,6 +46,26 @@ def running(task_id, name="f", node=N1, worker="w1", pid=11, t=101.0, owner=ME):
 def finished(task_id, name="f", start=101.0, end=101.5, state="FINISHED", error=None, t=102.0, owner=ME):
     extra = {"error": error} if error else {}
     return ev("task", task_id, state, t, name=name, owner=owner, start=start, end=end, **extra)
+
+
+def short_task_batches(batches: int = 4, per_batch: int = 30, owners=(ME,), lanes=((N1, 11), (N2, 22)),
+                       ahead: bool = False) -> list:
+    """Flushes of short tasks of one function back to back on each lane, as their owners ship
+    them (rows): per step, ``per_batch`` tasks of one owner (taking turns) ending, round-robin
+    over ``lanes``, submitted in the same flush or, ``ahead``, in the step before (as when a
+    loop submits faster than the tasks run)."""
+    clock = {lane: 100.0 for lane in lanes}
+    subs, ends = collections.defaultdict(list), collections.defaultdict(list)  # (batch, owner) -> rows
+    for b in range(batches):
+        owner = owners[b % len(owners)]
+        for i in range(per_batch):
+            lane, task = lanes[i % len(lanes)], f"b{b}t{i}"
+            start = clock[lane]
+            clock[lane] = start + 0.002
+            subs[b, owner].append((task, "f", (), start - 0.001))
+            ends[b + ahead, owner].append((task, "f", start, start + 0.001, lane[0], f"w{lane[1]}", lane[1]))
+    return [FeedBatch([], subs[b, owner], (owner, "1"), ends[b, owner])
+            for b in range(batches + 1) for owner in owners if (b, owner) in subs or (b, owner) in ends]
 
 
 class BrowserCopy:
@@ -512,6 +535,66 @@ def test_timeline_this_notebook_only_merges_the_owners_short_tasks_only():
                 start=100.0 + i * 0.002, end=100.0 + i * 0.002 + 0.001) for i in range(4)]
     model.apply(short, now=200.0)
     assert model.columns()["tasks"]["duration"] == ["3 tasks, 3.0 ms busy"]
+
+
+def test_views_draw_stretches_as_their_tasks_one_by_one_would():
+    """A feed with stretches (short back-to-back tasks as one "tasks" event) and the same
+    feed task by task must give the same graph (grouped or not), timeline and names."""
+    for owner, group_after, ahead in itertools.product((None, ME), (2000, 10), (False, True)):
+        stretched, each = ([TaskGraphModel(owner=owner, group_after=group_after), TimelineModel(owner=owner)]
+                           for _ in range(2))
+        kinds = set()
+        for batch in short_task_batches(owners=(ME, OTHER), ahead=ahead):
+            events = batch.with_stretches()
+            kinds.update(e.state for e in events if e.kind == STRETCH)
+            for a, b in zip(stretched, each):
+                a.apply(events, now=200.0)
+                b.apply(unfold(events), now=200.0)
+                assert a.columns() == b.columns(), (type(a).__name__, owner, group_after, ahead)
+        assert kinds == ({"SUBMITTED", "FINISHED"} if ahead else {"FINISHED"})
+    graph = TaskGraphModel(group_after=10)
+    for batch in short_task_batches():
+        graph.apply(batch.with_stretches())
+    assert graph.columns()["tasks"]["counts"] == ["120 finished"]
+    assert graph.columns()["tasks"]["worker"] == ["2 workers"]
+    timeline = TimelineModel()
+    for batch in short_task_batches():
+        timeline.apply(batch.with_stretches())
+    assert timeline.columns()["tasks"]["duration"] == ["60 tasks, 60.0 ms busy"] * 2
+
+
+def test_views_take_a_late_running_report_of_a_stretchs_task_as_stale():
+    """A worker's RUNNING report of a task that came in a stretch, arriving after it: the
+    task stays finished (the grouped graph counts nothing running, the timeline opens no bar)."""
+    graph, timeline = TaskGraphModel(group_after=10), TimelineModel()
+    for model in (graph, timeline):
+        for batch in short_task_batches():
+            model.apply(batch.with_stretches(), now=200.0)
+        model.apply([running("b3t4", node=N1, pid=11)], now=200.0)
+    assert graph.columns()["tasks"]["counts"] == ["120 finished"] and not graph.counted
+    assert not timeline.running and len(timeline.columns()["tasks"]["key"]) == 2
+
+
+def test_views_take_a_stretch_whose_task_was_seen_running_task_by_task():
+    """A task reported RUNNING before its stretch arrives is closed the general way: its
+    open bar ends and the graph moves it from running to finished."""
+    graph, timeline = TaskGraphModel(group_after=10), TimelineModel()
+    first, second = short_task_batches(batches=2)
+    for model in (graph, timeline):
+        model.apply(first.with_stretches(), now=200.0)
+        model.apply([submitted("b1t0"), running("b1t0", node=N1, pid=11, t=100.06)], now=200.0)
+    assert graph.columns()["tasks"]["counts"] == ["1 running · 30 finished"] and timeline.running
+    for model in (graph, timeline):
+        model.apply(second.with_stretches(), now=200.0)
+    assert graph.columns()["tasks"]["counts"] == ["60 finished"] and not timeline.running
+
+
+def test_placement_names_the_objects_of_a_stretchs_tasks():
+    model = ObjectPlacementModel()
+    [batch] = short_task_batches(batches=1, per_batch=4)
+    model.apply([ev("node", N1, "SNAPSHOT", store={"capacity": 10_000, "used": 0}, alive=True)])
+    model.apply(batch.with_stretches() + [ev("object", ret("b0t2"), "SEALED", size=100, owner=ME, node=N1)])
+    assert model.columns()["cells"]["task"] == ["f (task b0t2)"]
 
 
 def test_task_views_ignore_a_state_that_arrives_after_a_later_one():

@@ -4,7 +4,8 @@
                                                    │ poll(), on the thread or loop that owns
                                                    ▼ the document, every update period
         (start_over, events): the snapshot as seed events first, then the feed's events since
-        the last poll, each task's folded into one (nebula.state.coalesce)
+        the last poll, each task's folded into one (nebula.state.coalesce), short back-to-back
+        tasks of one function on one worker as stretches ("tasks" events)
 
 ``poll()`` follows the process's connection: before ``nebula.init()`` it returns nothing;
 after an init (or a re-init: a new client id) it subscribes, takes a snapshot and says to
@@ -66,7 +67,9 @@ class ClusterFeed:
 
     def _connect(self) -> list[Event]:
         try:
-            self._subscription = nebula.state.subscribe(self.receive, coalesce=True)  # poll() folds across batches
+            # poll() folds across batches; short back-to-back tasks come as stretches (the views
+            # draw those together anyway)
+            self._subscription = nebula.state.subscribe(self.receive, stretches=True)
             snapshot = nebula.state.snapshot()
         except Exception:  # the cluster went away meanwhile: try again on the next poll
             log.warning("could not subscribe to the cluster's state feed", exc_info=True)

@@ -27,7 +27,7 @@ import sys
 import time
 
 import nebula
-from nebula.state import Event
+from nebula.state import STRETCH, Event
 
 from .feed import ClusterFeed, seed_events
 from .models.view_models import ViewModels
@@ -44,7 +44,7 @@ class ModelServer:
         self.conn, self.owner, self.period = conn, owner, period
         self.feed = ClusterFeed()
         self.views = [ViewModels.for_key(key, both=False) for key in keys]  # the shown filter's only
-        self.kept: collections.deque = collections.deque(maxlen=REPLAY_LIMIT)  # to rebuild on a switch
+        self.kept = KeptTasks(REPLAY_LIMIT)  # to rebuild on a switch
         self.seeded = False
 
     def run(self) -> None:
@@ -89,17 +89,37 @@ class ModelServer:
         then the task events kept (the latest ``REPLAY_LIMIT``)."""
         for view in self.views:
             view.reset(self.owner)
-        self._apply(base + list(self.kept), keep=False)
+        self._apply(base + list(self.kept.events), keep=False)
         self._replace()
 
     def _apply(self, events: list, keep: bool = True) -> list:
         if keep:
-            self.kept.extend(event for event in events if event.kind == "task")
+            self.kept.extend(events)
         now = time.time()
         return [view.apply(events, now) for view in self.views]
 
     def _replace(self) -> None:
         self.conn.send(("replace", [(view.shown.columns(), view.shown.props()) for view in self.views]))
+
+
+class KeptTasks:
+    """The latest ``limit`` task events, a stretch counting as one per task it holds."""
+
+    def __init__(self, limit: int):
+        self.events: collections.deque = collections.deque()
+        self.count, self.limit = 0, limit
+
+    def extend(self, events) -> None:
+        for event in events:
+            if event.kind == "task" or event.kind == STRETCH:
+                self.events.append(event)
+                self.count += _tasks_in(event)
+        while self.count > self.limit:
+            self.count -= _tasks_in(self.events.popleft())
+
+
+def _tasks_in(event) -> int:
+    return event.data["count"] if event.kind == STRETCH else 1
 
 
 def main() -> None:

@@ -18,6 +18,8 @@ import heapq
 import math
 import time
 
+from nebula.state import STRETCH
+
 from .tasks import BoundedMap, short, task_of_object, trim_all
 from .update import RowTable, Update
 
@@ -118,6 +120,10 @@ class ObjectPlacementModel:
             if kind == "task":
                 if event.id not in names:  # a task's first event names it
                     self._learn_name(event.id, event.data.get("name"))
+            elif kind == STRETCH:
+                for row in event.data["rows"]:
+                    if row[0] not in names:
+                        self._learn_name(row[0], row[1])
             elif kind == "object":
                 self._on_object(event)
             elif kind == "node":

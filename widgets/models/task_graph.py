@@ -15,6 +15,7 @@ import collections
 import math
 
 import msgspec
+from nebula.state import STRETCH, unfold
 
 from .tasks import (CANCELLED, DONE, FAILED, FINISHED, PENDING, PROGRESS, RUNNING, STATES, WAITING, ActorDirectory,
                     BoundedMap, duration_text, seconds_text, task_of_object, trim_all, view_state)
@@ -70,11 +71,14 @@ class Group:
     def ended(self, start: float | None, end: float | None, error: str | None) -> None:
         """Take one ended run: its time into the mean (when known), its error if any."""
         if start and end:
-            self.timed += 1
-            if end > start:
-                self.took += end - start
+            self.ran(1, max(0.0, end - start))
         if error:
             self.error = error
+
+    def ran(self, runs: int, seconds: float) -> None:
+        """Take ``runs`` finished runs that took ``seconds`` together into the mean."""
+        self.timed += runs
+        self.took += seconds
 
     def row(self) -> dict:
         total = sum(self.counts.values())
@@ -133,6 +137,9 @@ class TaskGraphModel:
     def _on_event(self, event) -> None:
         if event.kind == "task":
             self._on_task(event)
+        elif event.kind == STRETCH:  # each task drawn on its own
+            for task_event in unfold([event]):
+                self._on_task(task_event)
         elif event.kind == "actor":
             self.actors.apply(event)
 
@@ -281,7 +288,10 @@ class TaskGraphModel:
         counted, group_of, groups, tasks, owner = self.counted, self.group_of, self.groups, self.tasks, self.owner
         for event in events:
             if event.kind != "task":
-                self._on_event(event)
+                if event.kind != STRETCH:
+                    self._on_event(event)
+                elif not self._counted_stretch(event):
+                    self._apply_grouped(unfold([event]))
                 continue
             task_id = event.id
             entry = counted.get(task_id)
@@ -320,6 +330,33 @@ class TaskGraphModel:
                 group_of[task_id] = group.name
             else:
                 counted[task_id] = (group, state)
+
+    def _counted_stretch(self, event) -> bool:
+        """Count a stretch (tasks of one function, submitted or finished) into its group in
+        one step, as ``_apply_grouped`` would count its tasks one by one; False when its group
+        is new or one of its tasks is drawn on its own or already ended: then take each task."""
+        data = event.data
+        if self.owner is not None and data.get("owner") != self.owner:
+            return True
+        group, rows, tasks, group_of = self.groups.get(data.get("name") or "?"), data["rows"], self.tasks, self.group_of
+        if group is None or any(row[0] in tasks or row[0] in group_of for row in rows):
+            return False
+        counted, counts = self.counted, group.counts
+        if event.state == "SUBMITTED":
+            fresh = [row[0] for row in rows if row[0] not in counted]
+            counts[WAITING] += len(fresh)  # nothing to wait for but resources (no ObjectRef arguments)
+            counted.update(dict.fromkeys(fresh, (group, WAITING)))
+        else:
+            for row in rows:
+                entry = counted.pop(row[0], None)
+                if entry is not None:
+                    counts[entry[1]] -= 1
+            counts[FINISHED] += len(rows)
+            group.ran(len(rows), data["busy"])
+            group.ran_on((data.get("node") or "")[:8], (data.get("worker") or "")[:8])
+            group_of.update(dict.fromkeys([row[0] for row in rows], group.name))  # their late events are stale
+        group.dirty = True
+        return True
 
     def _group_transition(self, task: TaskInfo, event, state: str) -> None:
         """Move ``task`` between its group's counts (no per-task row, so no per-task text)."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import time
 
+from nebula.state import SHORT_RUN, STRETCH, unfold
+
 from .tasks import (CANCELLED, DONE, FAILED, FINISHED, ActorDirectory, BoundedMap, duration_text, function_color,
                     seconds_text, short, trim_all, view_state)
 from .update import RowTable, Update
@@ -20,7 +22,7 @@ COLUMNS = ("key", "lane", "start", "end", "name", "color", "outline", "alpha", "
 UNKNOWN_LANE = "unknown worker"
 OVERFLOW_LANE = ("", "more")
 FAILED_OUTLINE = "#de2d26"
-MERGE_BELOW = 0.01  # seconds: shorter finished tasks, closer than this to the last one, extend its bar
+MERGE_BELOW = SHORT_RUN  # seconds: shorter finished tasks, closer than this to the last one, extend its bar
 WAITING_STATES = ("SUBMITTED", "PENDING_NODE")  # before a run: nothing to draw
 
 
@@ -44,8 +46,11 @@ class TimelineModel:
     def apply(self, events, now: float | None = None) -> Update:
         for event in events:
             if event.kind == "task":
-                if not (event.state == "FINISHED" and self._merged_short(event)):
-                    self._on_task(event)
+                self._take(event)
+            elif event.kind == STRETCH and event.state == "FINISHED":  # (a submission draws nothing)
+                if not self._merged_stretch(event):  # each of its tasks, then
+                    for task_event in unfold([event]):
+                        self._take(task_event)
             elif event.kind == "actor":
                 self.actors.apply(event)
         self._draw_grown()
@@ -109,6 +114,11 @@ class TimelineModel:
             changes["outline"] = FAILED_OUTLINE
         self.bars.set(key, **changes)
 
+    def _take(self, event) -> None:
+        """One task event: a short finished task in one step where it can be, else the general way."""
+        if not (event.state == "FINISHED" and self._merged_short(event)):
+            self._on_task(event)
+
     def _merged_short(self, event) -> bool:
         """Add a short task's FINISHED ``event`` to its lane's last short bar, if the task ran
         right after that bar's last one and was not seen running (the common case at high task
@@ -121,12 +131,29 @@ class TimelineModel:
             return True
         actor = data.get("actor")
         where = self._where(event, actor) if actor else (data.get("node") or "", data.get("pid"))
-        last = self.last_short.get(self.lanes.get(where))
-        if last is None or last[1] != (data.get("name") or "?") or not 0 <= start - last[2] < MERGE_BELOW \
-                or last[0] not in self.bars:
+        return self._extended(where, data.get("name") or "?", start, end, 1, end - start, (event.id,))
+
+    def _merged_stretch(self, event) -> bool:
+        """A stretch (short tasks of one function, back to back on one worker) added to its
+        lane's last short bar in one step, as its tasks one by one would be; False where they
+        must be taken one by one (one of them was seen running, or the stretch opens a bar)."""
+        data = event.data
+        if self.owner is not None and data.get("owner") != self.owner:
+            return True
+        rows = data["rows"]
+        if any(row[0] in self.running for row in rows):
             return False
-        self.ended[event.id] = True
-        last[2], last[3], last[4] = end, last[3] + 1, last[4] + (end - start)
+        return self._extended((data.get("node") or "", data.get("pid")), data.get("name") or "?", data["start"],
+                              data["end"], data["count"], data["busy"], [row[0] for row in rows])
+
+    def _extended(self, where: tuple, name: str, start: float, end: float, tasks: int, busy: float, ids) -> bool:
+        """Extend the last short bar of the lane at ``where`` by ``tasks`` runs from ``start`` to
+        ``end``, if it is of function ``name`` and ended less than ``MERGE_BELOW`` before."""
+        last = self.last_short.get(self.lanes.get(where))
+        if last is None or last[1] != name or not 0 <= start - last[2] < MERGE_BELOW or last[0] not in self.bars:
+            return False
+        self.ended.update(dict.fromkeys(ids, True))
+        last[2], last[3], last[4] = end, last[3] + tasks, last[4] + busy
         self._grown[last[0]] = last  # its row is updated once per batch (_draw_grown)
         return True
 
