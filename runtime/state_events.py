@@ -101,47 +101,49 @@ class FeedBatch(msgspec.Struct, array_like=True, gc=False):
         stretch. Only tasks without ObjectRef arguments and with nothing else recorded of them
         in this batch are taken; a task submitted and finished here is in a FINISHED stretch
         only. Order: SUBMITTED stretches, the rest as ``coalesced()`` gives it, FINISHED ones."""
-        taken = self._takeable()
-        if not taken:
+        barred = self._barred()
+        if barred is None:
             return self.coalesced()
-        ends = self._end_stretches(taken)
+        ends = self._end_stretches(barred)
         ended = {row[0] for rows in ends for row in rows}
         finished = {row[0] for row in self.finished}
+        finished.update(barred)
+        open_ = [row for row in self.submitted if row[0] not in finished and not row[2]]  # to end later
         starts: dict[str, list] = {}
-        for row in self.submitted:
-            if row[0] in taken and row[0] not in finished:
-                starts.setdefault(row[1], []).append(row)
+        for row in open_:
+            starts.setdefault(row[1], []).append(row)
         starts = {name: rows for name, rows in starts.items() if len(rows) > 1}
         if not (ends or starts):
             return self.coalesced()
-        folded = ended.union(*({row[0] for row in rows} for rows in starts.values()))
+        folded = ended.union(*({row[0] for row in rows} for rows in starts.values())) if starts else ended
         rest = FeedBatch(self.recorded, [row for row in self.submitted if row[0] not in folded], self.submitter,
                          [row for row in self.finished if row[0] not in ended])
         owner, job = self.submitter
         return [stretch_event("SUBMITTED", rows, owner, job) for rows in starts.values()] + rest.coalesced() + \
             [stretch_event("FINISHED", rows, owner, job) for rows in ends]
 
-    def _takeable(self) -> set:
-        """Ids of the tasks that may go into stretches: not submitted with ObjectRef arguments,
-        nothing recorded of them here; none when a task was submitted or ended twice (rebuilt)."""
+    def _barred(self) -> set | None:
+        """Ids of the tasks that may not go into stretches (submitted with ObjectRef arguments,
+        or with something else recorded of them here); None when none may, a task having been
+        submitted or ended twice in this batch (rebuilt)."""
         if len({row[0] for row in self.submitted}) < len(self.submitted) or \
                 len({row[0] for row in self.finished}) < len(self.finished):
-            return set()
-        taken = {row[0] for row in self.submitted if not row[2]}
-        taken.update(row[0] for row in self.finished)
-        taken.difference_update([row[0] for row in self.submitted if row[2]], [event.id for event in self.recorded])
-        return taken
+            return None
+        barred = {row[0] for row in self.submitted if row[2]}
+        barred.update([event.id for event in self.recorded])
+        return barred
 
-    def _end_stretches(self, taken: set) -> list[list[tuple]]:
+    def _end_stretches(self, barred: set) -> list[list[tuple]]:
         lanes: dict[tuple, list] = {}
         stretches = []
         for row in self.finished:
-            task_id, name, start, end, node, _, pid = row
-            if task_id not in taken or not 0 <= end - start < SHORT_RUN:
+            start, end = row[2], row[3]
+            if not 0 <= end - start < SHORT_RUN or row[0] in barred:
                 continue
-            rows = lanes.get((name, node, pid))
+            lane = (row[1], row[4], row[6])  # function, node, pid
+            rows = lanes.get(lane)
             if rows is None or not 0 <= start - rows[-1][3] < SHORT_RUN:
-                rows = lanes[(name, node, pid)] = [row]
+                rows = lanes[lane] = [row]
                 stretches.append(rows)
             else:
                 rows.append(row)

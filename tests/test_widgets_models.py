@@ -595,6 +595,14 @@ def test_placement_names_the_objects_of_a_stretchs_tasks():
     model.apply([ev("node", N1, "SNAPSHOT", store={"capacity": 10_000, "used": 0}, alive=True)])
     model.apply(batch.with_stretches() + [ev("object", ret("b0t2"), "SEALED", size=100, owner=ME, node=N1)])
     assert model.columns()["cells"]["task"] == ["f (task b0t2)"]
+    model = ObjectPlacementModel()
+    first, later = short_task_batches(batches=1, per_batch=4, ahead=True)  # submitted, then ended
+    model.apply([ev("node", N1, "SNAPSHOT", store={"capacity": 10_000, "used": 0}, alive=True),
+                 ev("object", ret("b0t1"), "SEALED", size=100, owner=ME, node=N1)])  # before any of its events
+    assert model.columns()["cells"]["task"][0].startswith("put or unknown task")
+    model.apply(first.with_stretches())
+    model.apply(later.with_stretches())
+    assert model.columns()["cells"]["task"] == ["f (task b0t1)"]
 
 
 def test_task_views_ignore_a_state_that_arrives_after_a_later_one():

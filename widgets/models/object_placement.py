@@ -15,6 +15,7 @@ and is ignored here.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import time
 
@@ -121,9 +122,7 @@ class ObjectPlacementModel:
                 if event.id not in names:  # a task's first event names it
                     self._learn_name(event.id, event.data.get("name"))
             elif kind == STRETCH:
-                for row in event.data["rows"]:
-                    if row[0] not in names:
-                        self._learn_name(row[0], row[1])
+                self._learn_names(event.data["rows"], event.data.get("name"))
             elif kind == "object":
                 self._on_object(event)
             elif kind == "node":
@@ -281,6 +280,16 @@ class ObjectPlacementModel:
             row = self.cells.get(cell_key)
             if row is not None and row["object"] == short(object_id):
                 self.cells.set(cell_key, task=f"{name} (task {short(task_id)})")
+
+    def _learn_names(self, rows: tuple, name: str | None) -> None:
+        """``_learn_name`` for the tasks of a stretch (rows whose first item is a task id), in
+        one step for those whose objects are not drawn yet."""
+        new = list(itertools.filterfalse(self.names.__contains__, [row[0] for row in rows]))
+        if not (new and name):
+            return
+        self.names.update(dict.fromkeys(new, name))
+        for task_id in self.unnamed.keys() & set(new) if self.unnamed else ():
+            self._learn_name(task_id, name)
 
     # ---- transfers --------------------------------------------------------------------------------
 

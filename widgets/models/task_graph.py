@@ -12,6 +12,7 @@ tasks in memory from then on.
 from __future__ import annotations
 
 import collections
+import itertools
 import math
 
 import msgspec
@@ -338,23 +339,22 @@ class TaskGraphModel:
         data = event.data
         if self.owner is not None and data.get("owner") != self.owner:
             return True
-        group, rows, tasks, group_of = self.groups.get(data.get("name") or "?"), data["rows"], self.tasks, self.group_of
-        if group is None or any(row[0] in tasks or row[0] in group_of for row in rows):
+        group, ids, group_of = self.groups.get(data.get("name") or "?"), [row[0] for row in data["rows"]], self.group_of
+        if group is None or not (self.tasks.keys().isdisjoint(ids) and group_of.keys().isdisjoint(ids)):
             return False
         counted, counts = self.counted, group.counts
         if event.state == "SUBMITTED":
-            fresh = [row[0] for row in rows if row[0] not in counted]
+            fresh = ids if counted.keys().isdisjoint(ids) else [i for i in ids if i not in counted]
             counts[WAITING] += len(fresh)  # nothing to wait for but resources (no ObjectRef arguments)
             counted.update(dict.fromkeys(fresh, (group, WAITING)))
         else:
-            for row in rows:
-                entry = counted.pop(row[0], None)
-                if entry is not None:
-                    counts[entry[1]] -= 1
-            counts[FINISHED] += len(rows)
-            group.ran(len(rows), data["busy"])
+            for entry, tasks in collections.Counter(map(counted.pop, ids, itertools.repeat(None))).items():
+                if entry is not None:  # (group, state) of tasks counted live
+                    entry[0].counts[entry[1]] -= tasks
+            counts[FINISHED] += len(ids)
+            group.ran(len(ids), data["busy"])
             group.ran_on((data.get("node") or "")[:8], (data.get("worker") or "")[:8])
-            group_of.update(dict.fromkeys([row[0] for row in rows], group.name))  # their late events are stale
+            group_of.update(dict.fromkeys(ids, group.name))  # their late events are stale
         group.dirty = True
         return True
 

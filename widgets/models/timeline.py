@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from nebula.state import SHORT_RUN, STRETCH, unfold
+from nebula.state import SHORT_RUN, STRETCH, Event, unfold
 
 from .tasks import (CANCELLED, DONE, FAILED, FINISHED, ActorDirectory, BoundedMap, duration_text, function_color,
                     seconds_text, short, trim_all, view_state)
@@ -48,9 +48,7 @@ class TimelineModel:
             if event.kind == "task":
                 self._take(event)
             elif event.kind == STRETCH and event.state == "FINISHED":  # (a submission draws nothing)
-                if not self._merged_stretch(event):  # each of its tasks, then
-                    for task_event in unfold([event]):
-                        self._take(task_event)
+                self._take_stretch(event)
             elif event.kind == "actor":
                 self.actors.apply(event)
         self._draw_grown()
@@ -131,29 +129,37 @@ class TimelineModel:
             return True
         actor = data.get("actor")
         where = self._where(event, actor) if actor else (data.get("node") or "", data.get("pid"))
-        return self._extended(where, data.get("name") or "?", start, end, 1, end - start, (event.id,))
+        return self._extended(where, data.get("name") or "?", ((event.id, None, start, end),), end - start)
 
-    def _merged_stretch(self, event) -> bool:
+    def _take_stretch(self, event) -> None:
         """A stretch (short tasks of one function, back to back on one worker) added to its
-        lane's last short bar in one step, as its tasks one by one would be; False where they
-        must be taken one by one (one of them was seen running, or the stretch opens a bar)."""
+        lane's last short bar in one step, or drawn as a bar of its own in two (its first task
+        opens it, the rest extend it), as its tasks one by one would be; one by one where one
+        of them was seen running."""
         data = event.data
         if self.owner is not None and data.get("owner") != self.owner:
-            return True
-        rows = data["rows"]
-        if any(row[0] in self.running for row in rows):
-            return False
-        return self._extended((data.get("node") or "", data.get("pid")), data.get("name") or "?", data["start"],
-                              data["end"], data["count"], data["busy"], [row[0] for row in rows])
+            return
+        rows, where, name = data["rows"], (data.get("node") or "", data.get("pid")), data.get("name") or "?"
+        busy = data["busy"]
+        if self.running.keys().isdisjoint([row[0] for row in rows]):
+            if self._extended(where, name, rows, busy):
+                return
+            first, rows = rows[0], rows[1:]
+            self._take(_task_events(event, (first,))[0])  # the bar's first task: opens it
+            if self._extended(where, name, rows, busy - (first[3] - first[2])):
+                return
+        for task_event in _task_events(event, rows):
+            self._take(task_event)
 
-    def _extended(self, where: tuple, name: str, start: float, end: float, tasks: int, busy: float, ids) -> bool:
-        """Extend the last short bar of the lane at ``where`` by ``tasks`` runs from ``start`` to
-        ``end``, if it is of function ``name`` and ended less than ``MERGE_BELOW`` before."""
+    def _extended(self, where: tuple, name: str, runs, busy: float) -> bool:
+        """Extend the last short bar of the lane at ``where`` by ``runs`` (rows of task id, name,
+        start, end, ...) that took ``busy`` seconds together, if it is of function ``name`` and
+        ended less than ``MERGE_BELOW`` before the first of them started."""
         last = self.last_short.get(self.lanes.get(where))
-        if last is None or last[1] != name or not 0 <= start - last[2] < MERGE_BELOW or last[0] not in self.bars:
+        if last is None or last[1] != name or not 0 <= runs[0][2] - last[2] < MERGE_BELOW or last[0] not in self.bars:
             return False
-        self.ended.update(dict.fromkeys(ids, True))
-        last[2], last[3], last[4] = end, last[3] + tasks, last[4] + busy
+        self.ended.update(dict.fromkeys([run[0] for run in runs], True))
+        last[2], last[3], last[4] = runs[-1][3], last[3] + len(runs), last[4] + busy
         self._grown[last[0]] = last  # its row is updated once per batch (_draw_grown)
         return True
 
@@ -191,3 +197,8 @@ class TimelineModel:
         self.lanes[where] = label
         self._lanes_changed = True
         return label
+
+
+def _task_events(stretch, rows) -> list:
+    """The task events of ``rows``, some of ``stretch``'s."""
+    return unfold([Event(stretch.kind, stretch.id, stretch.state, stretch.time, {**stretch.data, "rows": rows})])
