@@ -563,6 +563,21 @@ def test_views_draw_stretches_as_their_tasks_one_by_one_would():
     assert timeline.columns()["tasks"]["duration"] == ["60 tasks, 60.0 ms busy"] * 2
 
 
+def test_task_graph_groups_before_drawing_a_stretch_that_would_cross_the_cap():
+    """Tasks that would take the graph past the cap in one batch are not drawn one by one
+    first: the graph switches to groups, then counts them."""
+    model = TaskGraphModel(group_after=50)
+    browser = BrowserCopy(model.columns())
+    first, second, last = short_task_batches(batches=2, per_batch=40, ahead=True)
+    [update] = feed(model, browser, first.with_stretches())
+    assert len(update.stream["tasks"]["key"]) == 40 and not model.grouped
+    [update] = feed(model, browser, second.with_stretches())  # 40 more submitted: past 50
+    assert model.grouped and update.replace["tasks"]["key"] == ["f"] and not update.stream
+    assert update.replace["tasks"]["counts"] == ["40 waiting for resources · 40 finished"]
+    feed(model, browser, last.with_stretches())
+    assert model.columns()["tasks"]["counts"] == ["80 finished"]
+
+
 def test_views_take_a_late_running_report_of_a_stretchs_task_as_stale():
     """A worker's RUNNING report of a task that came in a stretch, arriving after it: the
     task stays finished (the grouped graph counts nothing running, the timeline opens no bar)."""

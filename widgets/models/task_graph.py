@@ -114,6 +114,8 @@ class TaskGraphModel:
     # ---- feeding ------------------------------------------------------------------------------
 
     def apply(self, events, now: float | None = None) -> Update:
+        if not self.grouped and len(self.tasks) + _new_in_stretches(events, self.tasks) > self.group_after:
+            self._switch_to_groups()  # these would cross the cap: no need to draw them one by one first
         if self.grouped:
             self._apply_grouped(events)
         else:
@@ -162,15 +164,15 @@ class TaskGraphModel:
         task.state = state
 
     def _new_task(self, event, state: str) -> TaskInfo | None:
-        """A task seen for the first time; once grouped, counted in ``state`` when it has not
-        started yet (a task that runs or ended moves there by the general path: where and how
-        long it ran)."""
+        """A task seen for the first time, drawn (or once grouped, counted) in ``state`` when it
+        has not started yet (a task that runs or ended moves there by the general path: where
+        and how long it ran)."""
         data = event.data
         if self.owner is not None and data.get("owner") != self.owner:
             return None
         deps = data.get("deps")
         deps = tuple(dict.fromkeys(task_of_object(d) for d in deps)) if deps else ()
-        start_as = state if self.grouped and state in (PENDING, WAITING) else PENDING
+        start_as = state if state in (PENDING, WAITING) else PENDING
         task = TaskInfo(event.id, data.get("name") or "?", data.get("actor") or "", deps, start_as)
         self.tasks[task.id] = task
         if self.grouped:
@@ -213,7 +215,7 @@ class TaskGraphModel:
         y = -self.arrivals[x]
         self.arrivals[x] += 1
         self.placed[task.id] = (x, y)
-        self.table.add(task.id, {"key": task.id, "x": x, "y": y, "name": task.name, "state": PENDING,
+        self.table.add(task.id, {"key": task.id, "x": x, "y": y, "name": task.name, "state": task.state,
                                  "kind": ACTOR_CALL if task.actor else TASK, "node": "", "worker": "",
                                  "duration": "", "error": "", "counts": "", "size": TASK_SIZE})
         for dep in task.deps:
@@ -379,6 +381,13 @@ class TaskGraphModel:
                 self.table.set(group.name, **self._group_row(group))
             else:
                 self.table.add(group.name, self._group_row(group))
+
+
+def _new_in_stretches(events, known: dict) -> int:
+    """About how many tasks new to ``known`` the stretches among ``events`` bring (a FINISHED
+    stretch counts whole when its first task is new)."""
+    return sum(event.data["count"] for event in events
+               if event.kind == STRETCH and (event.state == "SUBMITTED" or event.id not in known))
 
 
 def _several(values: set, noun: str) -> str:
