@@ -156,6 +156,24 @@ def test_a_run_that_raised_is_reported_failed_with_the_error_and_where_it_ran(cl
     assert failed.get("node") == nebula.get_runtime_context().get_node_id()
 
 
+def test_a_subscriber_taking_stretches_of_task_events_gets_every_task_of_a_burst(cluster):
+    """``subscribe(kinds=["task"], stretches=True)``: a burst of short tasks comes partly as
+    stretches, and unfolded they hold every task's end, once."""
+    from nebula.state import STRETCH, unfold
+    with Recorder(kinds=["task"], stretches=True) as recorder:
+        refs = [quick.remote(i) for i in range(2000)]
+        nebula.get(refs)
+        wanted = {ref.task_id() for ref in refs}
+
+        def ends() -> list:
+            with recorder.lock:
+                return [e.id for e in unfold(recorder.events) if e.state == "FINISHED" and e.id in wanted]
+        assert wait_until(lambda: len(ends()) >= len(wanted), 10), len(ends())
+        assert sorted(ends()) == sorted(wanted)
+        assert any(e.kind == STRETCH for e in recorder.events)
+        assert {e.kind for e in recorder.events} <= {"task", STRETCH}
+
+
 def test_a_feed_batch_crosses_processes_as_rows_and_arrives_as_events_in_each_tasks_order():
     """Submissions and ends travel as rows; the receiver gets the same Events a per-event
     record would give, submissions first and ends last, so no task's own order changes."""
