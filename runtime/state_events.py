@@ -106,9 +106,9 @@ class FeedBatch(msgspec.Struct, array_like=True, gc=False):
             return self.coalesced()
         ends = self._end_stretches(barred)
         ended = {row[0] for rows in ends for row in rows}
-        finished = {row[0] for row in self.finished}
-        finished.update(barred)
-        open_ = [row for row in self.submitted if row[0] not in finished and not row[2]]  # to end later
+        not_open = {row[0] for row in self.finished}  # ended here, or barred
+        not_open.update(barred)
+        open_ = [row for row in self.submitted if row[0] not in not_open and not row[2]]  # to end later
         starts: dict[str, list] = {}
         for row in open_:
             starts.setdefault(row[1], []).append(row)

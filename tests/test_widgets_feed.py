@@ -155,6 +155,19 @@ def test_a_burst_of_short_tasks_arrives_partly_as_stretches_and_every_task_is_co
     feed.close()
 
 
+def test_the_feeds_buffer_counts_a_stretch_as_its_tasks_and_drops_the_oldest_past_its_limit():
+    from nebula.state import Event
+    from nebula.state_events import stretch_event
+    feed = ClusterFeed(limit=100)
+    rows = [(f"t{i}", "f", 1.0 + i * 0.002, 1.001 + i * 0.002, "n", "w", 7) for i in range(60)]
+    feed.receive([stretch_event("FINISHED", rows, "me", "job")])
+    feed.receive([Event("task", f"u{i}", "FINISHED", 2.0, {"name": "g"}) for i in range(30)])
+    assert feed.dropped == 0
+    feed.receive([stretch_event("FINISHED", rows[:20], "me", "job")])  # 110 events held: the oldest goes
+    assert feed.dropped == 60
+    assert [e.id for e in feed._buffer][:2] == ["u0", "u1"] and feed._held == 50
+
+
 def test_a_board_keeps_its_bokeh_sources_equal_to_its_models_and_filters_by_owner(cluster):
     from nebula.widgets.board import Board
     from nebula.widgets.views import ObjectPlacementView, TaskGraphView, TimelineView

@@ -18,7 +18,7 @@ import logging
 import threading
 
 import nebula
-from nebula.state import Event
+from nebula.state import STRETCH, Event
 
 log = logging.getLogger("nebula.widgets")
 BUFFER_LIMIT = 200_000
@@ -31,6 +31,7 @@ class ClusterFeed:
         self._lock = threading.Lock()
         self._buffer: collections.deque = collections.deque()
         self._limit = limit
+        self._held = 0  # events in the buffer, a stretch counting as its tasks
         self._subscription = None
         self.client_id: str | None = None
         self.node_id: str | None = None
@@ -48,7 +49,7 @@ class ClusterFeed:
             self.client_id = client
             return True, (self._connect() if client else [])
         with self._lock:
-            events, self._buffer = list(self._buffer), collections.deque()
+            events, self._buffer, self._held = list(self._buffer), collections.deque(), 0
         return False, nebula.state.coalesce(events)  # a task's events of the whole period as one
 
     def close(self) -> None:
@@ -56,14 +57,15 @@ class ClusterFeed:
         self.client_id = None
 
     def receive(self, batch: list[Event]) -> None:
-        """The subscription's callback (the delivery thread): buffer ``batch`` for the next poll."""
+        """The subscription's callback (the delivery thread): buffer ``batch`` for the next poll
+        (at most ``limit`` events, a stretch counting as one per task it holds)."""
         with self._lock:
             self._buffer.extend(batch)
-            excess = len(self._buffer) - self._limit
-            if excess > 0:  # the views fell far behind: drop the oldest events, and say so
-                self.dropped += excess
-                for _ in range(excess):
-                    self._buffer.popleft()
+            self._held += events_in(batch)
+            while self._held > self._limit:  # the views fell far behind: drop the oldest events, and say so
+                dropped = events_in((self._buffer.popleft(),))
+                self._held -= dropped
+                self.dropped += dropped
 
     def _connect(self) -> list[Event]:
         try:
@@ -83,11 +85,17 @@ class ClusterFeed:
         subscription, self._subscription = self._subscription, None
         with self._lock:
             self._buffer.clear()
+            self._held = 0
         if subscription is not None:
             try:
                 subscription.close()
             except Exception:  # the session may be gone already
                 log.debug("closing a state subscription failed", exc_info=True)
+
+
+def events_in(events) -> int:
+    """How many events ``events`` stand for, a stretch counting as one per task it holds."""
+    return len(events) + sum(event.data["count"] - 1 for event in events if event.kind == STRETCH)
 
 
 def current_client_id() -> str | None:

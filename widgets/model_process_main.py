@@ -29,7 +29,7 @@ import time
 import nebula
 from nebula.state import STRETCH, Event
 
-from .feed import ClusterFeed, seed_events
+from .feed import ClusterFeed, events_in, seed_events
 from .models.view_models import ViewModels
 
 PR_SET_PDEATHSIG = 1
@@ -110,16 +110,11 @@ class KeptTasks:
         self.count, self.limit = 0, limit
 
     def extend(self, events) -> None:
-        for event in events:
-            if event.kind == "task" or event.kind == STRETCH:
-                self.events.append(event)
-                self.count += _tasks_in(event)
+        kept = [event for event in events if event.kind == "task" or event.kind == STRETCH]
+        self.events.extend(kept)
+        self.count += events_in(kept)
         while self.count > self.limit:
-            self.count -= _tasks_in(self.events.popleft())
-
-
-def _tasks_in(event) -> int:
-    return event.data["count"] if event.kind == STRETCH else 1
+            self.count -= events_in((self.events.popleft(),))
 
 
 def main() -> None:
