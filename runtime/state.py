@@ -97,7 +97,8 @@ def subscribe(callback, kinds=None, coalesce: bool = False, stretches: bool = Fa
     ``stretches=True`` (which implies ``coalesce``) also gives each batch's short tasks of one
     function that ran back to back on one worker as one ``"tasks"`` event, a *stretch*: its
     ``data`` as a task's FINISHED event has it plus ``count``, ``busy`` and ``runs`` (see
-    ``unfold``), for views that draw such tasks together anyway."""
+    ``unfold``), for views that draw such tasks together anyway; ``kinds`` with "task" takes
+    them too."""
     if not callable(callback):
         raise TypeError("subscribe() needs a callable taking a list of Event")
     bad = sorted(set(kinds or ()) - set(EVENT_KINDS))
