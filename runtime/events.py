@@ -158,10 +158,20 @@ class EventRecorder:
             for callback, kinds, form in list(self.subscribers):
                 records = forms.get(form)
                 if records is None:  # each form made once, for all who take it
-                    records = forms[form] = getattr(batch, form)()
+                    records = forms[form] = _made(batch, form)
                 records = records if kinds is None else [r for r in records if r.kind in kinds]
                 if records:
                     _call_safely(callback, records)
+
+
+def _made(batch: FeedBatch, form: str) -> list[Event]:
+    """``batch`` in ``form``; a batch that cannot be made into it costs itself only (the
+    delivery thread goes on)."""
+    try:
+        return getattr(batch, form)()
+    except Exception:  # noqa: BLE001 - malformed rows from a process of this cluster
+        log.exception("dropped a state-feed batch that could not be made into %s", form)
+        return []
 
 
 def _drain(rows: collections.deque) -> list:

@@ -174,6 +174,22 @@ def test_a_subscriber_taking_stretches_of_task_events_gets_every_task_of_a_burst
         assert {e.kind for e in recorder.events} <= {"task", STRETCH}
 
 
+def test_a_batch_that_cannot_be_made_into_a_subscribers_form_costs_itself_only(cluster, caplog):
+    """Rows a process got wrong (an end without a start) are logged and dropped; the delivery
+    thread goes on with the next batch."""
+    from nebula.session import current_session
+    from nebula.state_events import FeedBatch
+    with Recorder(stretches=True) as recorder:
+        events = current_session().events
+        events.deliver(FeedBatch([], [], ("me", "job1"), [("bad1", "f", None, 1.0, "n", "w", 1),
+                                                          ("bad2", "f", None, 1.0, "n", "w", 1)]))
+        ref = quick.remote(1)
+        assert nebula.get(ref) == 1
+        recorder.wait_for(ref.task_id(), "FINISHED")
+    assert not [e for e in recorder.events if e.id.startswith("bad")]
+    assert "could not be made into with_stretches" in caplog.text
+
+
 def test_a_feed_batch_crosses_processes_as_rows_and_arrives_as_events_in_each_tasks_order():
     """Submissions and ends travel as rows; the receiver gets the same Events a per-event
     record would give, submissions first and ends last, so no task's own order changes."""
