@@ -95,10 +95,11 @@ def subscribe(callback, kinds=None, coalesce: bool = False, stretches: bool = Fa
     ``coalesce=True`` folds each batch's events of one task into one (see ``coalesce``): a
     live view draws only the latest state anyway, and takes fewer events at high task rates.
     ``stretches=True`` (which implies ``coalesce``) also gives each batch's short tasks of one
-    function that ran back to back on one worker as one ``"tasks"`` event, a *stretch*: its
-    ``data`` as a task's FINISHED event has it plus ``count``, ``busy`` and ``runs`` (see
-    ``unfold``), for views that draw such tasks together anyway; ``kinds`` with "task" takes
-    them too."""
+    function that ran back to back on one worker as one FINISHED ``"tasks"`` event, a
+    *stretch*, and the batch's other submissions of a function as one SUBMITTED stretch: its
+    ``data`` as its tasks' events have it plus ``count``, ``rows`` (one per task) and, when
+    finished, ``busy`` (see ``unfold``), for views that draw such tasks together anyway;
+    ``kinds`` with "task" takes them too."""
     if not callable(callback):
         raise TypeError("subscribe() needs a callable taking a list of Event")
     bad = sorted(set(kinds or ()) - set(EVENT_KINDS))

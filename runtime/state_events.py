@@ -9,9 +9,9 @@ every task costs travel as rows of a ``FeedBatch`` instead and are made into Eve
 receiver, so that the process submitting the tasks pays a tuple append for each.
 
 A subscriber that takes stretches (``with_stretches()``) gets the short tasks of one function that
-ran back to back on one worker as one ``"tasks"`` event (a *stretch*): at thousands of tasks a
-second, a few events per batch instead of one per task. ``unfold()`` turns stretches back into
-the FINISHED events they stand for.
+ran back to back on one worker as one ``"tasks"`` event (a *stretch*), and the other
+submissions of a function as one: at thousands of tasks a second, a few events per batch
+instead of one or two per task. ``unfold()`` turns stretches back into their tasks' events.
 """
 from __future__ import annotations
 

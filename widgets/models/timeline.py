@@ -146,7 +146,7 @@ class TimelineModel:
                 return
             first, rows = rows[0], rows[1:]
             self._take(_task_events(event, (first,))[0])  # the bar's first task: opens it
-            if self._extended(where, name, rows, busy - (first[3] - first[2])):
+            if not rows or self._extended(where, name, rows, busy - (first[3] - first[2])):
                 return
         for task_event in _task_events(event, rows):
             self._take(task_event)
