@@ -115,7 +115,7 @@ class FeedBatch(msgspec.Struct, array_like=True, gc=False):
         starts = {name: rows for name, rows in starts.items() if len(rows) > 1}
         if not (ends or starts):
             return self.coalesced()
-        folded = ended.union(*({row[0] for row in rows} for rows in starts.values())) if starts else ended
+        folded = ended.union(*({row[0] for row in rows} for rows in starts.values()))
         rest = FeedBatch(self.recorded, [row for row in self.submitted if row[0] not in folded], self.submitter,
                          [row for row in self.finished if row[0] not in ended])
         owner, job = self.submitter
@@ -160,10 +160,9 @@ def stretch_event(state: str, rows: list[tuple], owner: str, job: str) -> Event:
     ``busy``, the seconds its runs took together."""
     first, last = rows[0], rows[-1]
     data = {"name": first[1], "owner": owner, "job": job, "count": len(rows), "rows": tuple(rows)}
-    if state == "SUBMITTED":
-        return Event(STRETCH, first[0], state, last[3], data)
-    data.update(node=first[4], worker=first[5], pid=first[6], start=first[2], end=last[3],
-                busy=sum(row[3] - row[2] for row in rows))
+    if state == "FINISHED":
+        data.update(node=first[4], worker=first[5], pid=first[6], start=first[2], end=last[3],
+                    busy=sum(row[3] - row[2] for row in rows))
     return Event(STRETCH, first[0], state, last[3], data)
 
 

@@ -3,9 +3,9 @@
 Layout is incremental and stable: a task's x is its dependency depth (one more than its
 deepest dependency already drawn, 0 without any) and its y the order it arrived in among
 tasks of that depth, so a drawn task never moves. Edges run from the task that returns an
-ObjectRef argument to the task that takes it. Past ``group_after`` tasks the model draws one
-node per function (or actor method) instead, with counts per state, and keeps only live
-tasks in memory from then on.
+ObjectRef argument to the task that takes it. Past ``group_after`` tasks (or before a batch
+whose stretches would take it past them) the model draws one node per function (or actor
+method) instead, with counts per state, and keeps only live tasks in memory from then on.
 
     events ──► TaskGraphModel.apply ──► Update(stream=new tasks/edges, patch=state changes)
 """

@@ -139,7 +139,7 @@ class TimelineModel:
         data = event.data
         if self.owner is not None and data.get("owner") != self.owner:
             return
-        rows, where, name = data["rows"], (data.get("node") or "", data.get("pid")), data.get("name") or "?"
+        rows, where, name = data["rows"], self._where(event, ""), data.get("name") or "?"
         busy = data["busy"]
         if self.running.keys().isdisjoint([row[0] for row in rows]):
             if self._extended(where, name, rows, busy):
